@@ -1,0 +1,163 @@
+"""The `ditserve` command: generate images, list strategies, serve a model.
+
+ditserve generate --prompt seven -o seven.png
+ditserve strategies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "builtin:digits-dit"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ditserve.engine import Engine
+    from ditserve.images import to_pil
+    from ditserve.request import GenerationRequest
+
+    engine = Engine.from_config(args.config)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        class_label=args.class_label,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        num_images=args.num_images,
+        height=args.height,
+        width=args.width,
+        sampler={"name": args.sampler} if args.sampler else None,
+    )
+    with tqdm(total=None, unit="step", desc=engine.config.model.name, disable=args.quiet) as bar:
+
+        def on_progress(event) -> None:
+            bar.total = event.total
+            bar.update(event.step - bar.n)
+
+        result = engine.generate(request, on_progress=on_progress)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(result.seeds) == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in result.seeds]
+    for image, path in zip(to_pil(result.images, args.upscale), paths, strict=True):
+        image.save(path)
+    stats = result.stats
+    summary = {
+        "images": [str(p) for p in paths],
+        "seeds": result.seeds,
+        "steps": stats.steps,
+        "model_evaluations": stats.model_evaluations,
+        "block_evaluations": stats.block_evaluations,
+        "block_evaluations_full": stats.block_evaluations_full,
+        "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from ditserve.registry import REGISTRIES
+
+    listing = {}
+    for section, registry in REGISTRIES.items():
+        if args.kind and section != args.kind:
+            continue
+        listing[section] = {}
+        for name, cls in registry:
+            fields = {
+                field_name: {
+                    "type": _type_name(info.annotation),
+                    "default": info.default if info.is_required() is False else None,
+                    "doc": info.description or "",
+                }
+                for field_name, info in cls.Config.model_fields.items()
+                if field_name != "name"
+            }
+            listing[section][name] = {"about": cls.describe(), "origin": registry.origin(name), "fields": fields}
+    if args.json:
+        print(json.dumps(listing, indent=1, default=str))
+        return 0
+    for section, entries in listing.items():
+        print(f"{section}:")
+        for name, entry in entries.items():
+            print(f"  {name:<16} {entry['about']}")
+            for field_name, field in entry["fields"].items():
+                doc = f"  — {field['doc']}" if field["doc"] else ""
+                print(f"      {field_name}: {field['type']} = {field['default']!r}{doc}")
+    return 0
+
+
+def _type_name(annotation) -> str:
+    """`int`, `bool | None`, `'a' | 'b' | None`: the annotation as a reader would write it."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    print(
+        "ditserve serve: the BentoML + gRPC service is not built yet; issue 5 (Serving) adds it. "
+        "Use `ditserve generate` meanwhile.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ditserve", description="Serve diffusion transformers fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images and write PNGs")
+    gen.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
+    target = gen.add_mutually_exclusive_group(required=True)
+    target.add_argument("--prompt", help='text, or a class name for class-conditional models ("seven", "7")')
+    target.add_argument("--class-label", type=int, help="class id for class-conditional models")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the plan's)")
+    gen.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
+    gen.add_argument("--seed", type=int, help="seed of the first image; image k uses seed+k (default: random)")
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--sampler", help="override the plan's sampler by name")
+    gen.add_argument("--upscale", type=int, default=1, help="enlarge the PNG by pixel repetition")
+    gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    strat = sub.add_parser("strategies", help="list registered strategies and their config fields")
+    strat.add_argument("--kind", choices=["cache", "sampler", "quant", "parallel"])
+    strat.add_argument("--json", action="store_true")
+    strat.set_defaults(func=cmd_strategies)
+
+    serve = sub.add_parser("serve", help="serve a model over REST and gRPC (issue 5)")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
+    from ditserve.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, PlanError, RequestError, RegistryError, Cancelled) as err:
+        print(f"ditserve: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The model config: which model to load, the acceleration plan that runs it, and its serving limits.
+
+One YAML file per served model (see bentos/digits/model.yaml and README, "Config"):
+
+    model: {name: digits-dit, path: builtin:digits-dit, family: dit, dtype: float32}
+    plan:
+      sampler: {name: ddim, steps: 50}
+      cache:   {name: none}
+      quant:   {name: none}
+      parallel: {name: none}
+    limits: {max_steps: 200, max_batch: 16, max_side: 64, max_queue: 64, timeout_s: 120}
+
+Each plan section names a registered strategy and gives its fields; the fields are validated against
+that strategy's own `Config`. Every error names the field, the rule it broke and, for an unknown
+field or name, the allowed ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from ditserve.errors import ConfigError
+from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    """One pydantic error as `field: what is wrong (allowed: ...)`."""
+    field = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(name for name in model.model_fields if name != "name") or "(none)"
+        return f"{field}: unknown field; allowed fields: {allowed}"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{field}: {error['msg']}{shown}"
+
+
+def validate_model(model: type[BaseModel], data: Any, where: str = "", what: str = "") -> Any:
+    """`model.model_validate(data)`, with errors rewritten as `ConfigError` sentences under `where`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        prefix = f"{where}." if where else ""
+        suffix = f" [{what}]" if what else ""
+        problems = []
+        for error in err.errors():
+            sub = _submodel(model, error["loc"])
+            problems.append(prefix + _describe(error, sub) + suffix)
+        raise ConfigError(problems) from None
+
+
+def _submodel(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The (nested) model that owns the field at `loc`, so unknown-field errors list its fields."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return model
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelSpec(_Section):
+    """Which model to load and how."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Name clients use to address the model (letters, digits, `_ . -`)."""
+    path: str = Field(min_length=1)
+    """`builtin:<name>` for an embedded model, or a local diffusers directory (`from_pretrained`
+    layout). Relative paths are resolved against the YAML file's folder. Nothing is downloaded."""
+    family: Literal["dit", "pixart", "sd3", "flux", "wan"] = "dit"
+    """Model family; selects the adapter that knows the pipeline's components and blocks."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Weight and activation dtype. CPUs want float32."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """`auto` picks `cuda` when a GPU is visible, else `cpu`."""
+    guidance_scale: float = Field(4.0, ge=0.0, le=50.0)
+    """Default classifier-free guidance scale when a request gives none; ≤ 1 disables guidance."""
+    threads: int = Field(0, ge=0, le=256)
+    """CPU threads for torch (0 = leave torch's default)."""
+
+
+class AccelPlan(_Section):
+    """The strategies that run the model: one per registry, each `{name: ..., <its fields>}`."""
+
+    model_config = ConfigDict(validate_default=True)  # defaults are mappings too: resolve them like given ones
+
+    sampler: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "ddim"})
+    """The denoising sampler (`ditserve strategies` lists them) and its steps."""
+    cache: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "none"})
+    """Feature caching across denoising steps."""
+    quant: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "none"})
+    """Weight/activation quantization and the attention backend."""
+    parallel: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "none"})
+    """Multi-process runner; `none` runs in this process."""
+
+    @field_validator("sampler", "cache", "quant", "parallel", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info) -> StrategyConfig:
+        registry = {"sampler": SAMPLERS, "cache": CACHES, "quant": QUANTIZERS, "parallel": PARALLEL}[info.field_name]
+        return registry.parse(value, f"plan.{info.field_name}")
+
+
+class ServeLimits(_Section):
+    """What one request may ask for and how much work the server accepts."""
+
+    max_steps: int = Field(200, ge=1, le=1000)
+    """Most denoising steps a request may ask for."""
+    max_batch: int = Field(16, ge=1, le=256)
+    """Most images per request, and per batched model call."""
+    max_side: int = Field(1024, ge=8, le=8192)
+    """Largest height or width in pixels (for families whose size can change)."""
+    max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+    """Longest prompt, in characters."""
+    max_queue: int = Field(64, ge=1, le=100_000)
+    """Requests waiting beyond this are refused (HTTP 429 / RESOURCE_EXHAUSTED)."""
+    batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    """How long the scheduler waits to fill a batch with compatible requests."""
+    timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
+    """A request still unfinished after this many seconds is cancelled."""
+    allow_overrides: bool = True
+    """Whether a request may override the plan's sampler and cache (for side-by-side comparisons)."""
+
+
+class ModelConfig(_Section):
+    """A served model: what to load, the plan that accelerates it, and the limits of its API."""
+
+    model: ModelSpec
+    plan: AccelPlan = Field(default_factory=AccelPlan)
+    limits: ServeLimits = Field(default_factory=ServeLimits)
+    source: Path | None = Field(None, exclude=True)
+    """The YAML file this config was read from, if any (relative model paths resolve against it)."""
+
+    def resolved_path(self) -> str:
+        """The model path with a relative local path made absolute against the YAML's folder."""
+        path = self.model.path
+        if path.startswith(BUILTIN_PREFIX) or Path(path).is_absolute() or self.source is None:
+            return path
+        return str((self.source.parent / path).resolve())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def parse_config(data: Any, source: Path | None = None) -> ModelConfig:
+    """Validate a mapping (as read from YAML) into a `ModelConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"the config must be a mapping with `model`, `plan`, `limits`; got {type(data).__name__}"])
+    config = validate_model(ModelConfig, data)
+    return config.model_copy(update={"source": source}) if source else config
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read and validate a model config: a YAML path, or `builtin:<name>` for a shipped one."""
+    if str(path).startswith(BUILTIN_PREFIX):
+        name = str(path)[len(BUILTIN_PREFIX) :]
+        file = Path(__file__).parent / "configs" / f"{name}.yaml"
+        if not file.is_file():
+            known = sorted(p.stem for p in file.parent.glob("*.yaml"))
+            raise ConfigError([f"unknown built-in config {name!r}; known: {', '.join(known)}"])
+        return parse_config(yaml.safe_load(file.read_text()))
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError([f"config file {str(file)!r} does not exist"])
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{file}: not valid YAML: {err}"]) from None
+    return parse_config(data, source=file.resolve())

@@ -1,0 +1,303 @@
+"""The engine: one loaded model, its acceleration plan, and the sampling loop that serves requests.
+
+Transports and the CLI build a `GenerationRequest`; the engine checks it against the model's limits,
+runs it (progress after every step, cancellation between steps), and returns images with the seeds
+that made them and what they cost. Strategies are applied once when the engine loads; their
+per-request state is reset before every request and after every failure, so one request never
+leaks into the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
+from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
+from ditserve.models import BUILTIN_MODELS, get_adapter
+from ditserve.models.base import LoadedModel, count_blocks
+from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS
+from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
+from ditserve.sampling.base import Sampler
+
+log = logging.getLogger(__name__)
+
+OnProgress = Callable[[ProgressEvent], None]
+
+
+def resolve_model_path(path: str) -> Path:
+    """`builtin:<name>` → the shipped checkpoint directory; anything else must be a local directory."""
+    if path.startswith(BUILTIN_PREFIX):
+        name = path[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_MODELS:
+            raise PlanError(f"unknown built-in model {name!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
+        resolved = BUILTIN_MODELS[name]
+        if not (resolved / "transformer").is_dir():
+            raise PlanError(
+                f"built-in model {name!r} has no weights at {resolved}; "
+                f"train them with `python -m ditserve.models.digits.train`"
+            )
+        return resolved
+    resolved = Path(path)
+    if not resolved.is_dir():
+        raise PlanError(f"model path {path!r} is not a local directory (nothing is downloaded at run time)")
+    return resolved
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class BlockCounter:
+    """Counts transformer-block forward passes that really compute.
+
+    It wraps each block's `forward` as loaded, underneath any cache hook installed later, so a block a
+    cache skips is not counted.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.count = 0
+        for group in model.adapter.block_groups(model.transformer):
+            for block in group.blocks:
+                block.forward = self._counting(block.forward)
+
+    def _counting(self, forward):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        return counted
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request, resolved against the model's defaults."""
+
+    subject: str | int
+    """The prompt, or the class id for class-conditional models."""
+    steps: int
+    height: int
+    width: int
+    guidance: float
+    sampler: Sampler
+    seeds: list[int] = field(hash=False)
+    """One per image: image k of a request uses the request's seed + k."""
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share one batched sampling loop."""
+        return (self.steps, self.height, self.width, self.guidance, self.sampler.config)
+
+
+class Engine:
+    """Serves one model with one plan. Thread-safe: requests run one at a time."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        started = time.perf_counter()
+        if config.model.threads:
+            torch.set_num_threads(config.model.threads)
+        self.adapter = get_adapter(config.model.family)
+        self.model = self.adapter.load(
+            resolve_model_path(config.resolved_path()),
+            dtype=getattr(torch, config.model.dtype),
+            device=pick_device(config.model.device),
+        )
+        self.blocks_per_call = count_blocks(self.adapter, self.model.transformer)
+        self.block_counter = BlockCounter(self.model)
+        plan = config.plan
+        self.parallel = PARALLEL.get(plan.parallel.name)(plan.parallel)
+        if self.parallel.world_size != 1:
+            raise PlanError(f"parallel runner {plan.parallel.name!r} needs {self.parallel.world_size} processes")
+        self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
+        self.quantizer.apply(self.model)
+        self.cache = CACHES.get(plan.cache.name)(plan.cache)
+        self.cache.apply(self.model)
+        self.sampler = self._make_sampler(plan.sampler)
+        self._lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s (%s) in %.1fs", config.model.name, config.model.family, self.load_seconds)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> Engine:
+        """An engine for a model config file or `builtin:<name>`."""
+        return cls(load_config(path))
+
+    def _make_sampler(self, sampler_config) -> Sampler:
+        return SAMPLERS.get(sampler_config.name)(sampler_config, self.model.scheduler_config)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def validate(self, request: GenerationRequest) -> Job:
+        """Check a request against the model and its limits before any model work.
+
+        Raises `RequestError` naming the field and the limit; returns the request resolved against
+        the model's defaults (steps, size, guidance, sampler, one seed per image).
+        """
+        limits = self.config.limits
+        if request.prompt is not None and request.class_label is not None:
+            raise RequestError("prompt", "give a prompt or a class_label, not both")
+        if request.prompt is None and request.class_label is None:
+            raise RequestError("prompt", "a prompt (or, for class-conditional models, a class_label) is required")
+        if request.class_label is not None and self.adapter.conditioning != "class":
+            raise RequestError("class_label", f"model {self.config.model.name!r} takes text prompts, not class labels")
+        if request.prompt is not None and len(request.prompt) > limits.max_prompt_chars:
+            raise RequestError("prompt", f"must be at most {limits.max_prompt_chars} characters")
+        subject = request.prompt if request.prompt is not None else request.class_label
+        if self.adapter.conditioning == "class":
+            self.adapter.class_id(self.model, subject)
+        sampler = self.sampler
+        if request.sampler is not None:
+            if not limits.allow_overrides:
+                raise RequestError("sampler", "this model's config does not allow per-request overrides")
+            try:
+                sampler = self._make_sampler(SAMPLERS.parse(request.sampler, "sampler"))
+            except ConfigError as err:
+                raise RequestError("sampler", "; ".join(err.problems)) from None
+            except PlanError as err:
+                raise RequestError("sampler", str(err)) from None
+        steps = request.steps if request.steps is not None else sampler.config.steps
+        if steps > limits.max_steps:
+            raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
+        if request.num_images > limits.max_batch:
+            raise RequestError("num_images", f"must be at most {limits.max_batch} (got {request.num_images})")
+        default_h, default_w = self.adapter.default_size(self.model)
+        height, width = request.height or default_h, request.width or default_w
+        for name, value in (("height", height), ("width", width)):
+            if value > limits.max_side:
+                raise RequestError(name, f"must be at most {limits.max_side} (got {value})")
+        self.adapter.check_size(self.model, height, width)
+        guidance = request.guidance_scale if request.guidance_scale is not None else self.config.model.guidance_scale
+        if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
+            raise RequestError("seed", "seed + num_images must stay below 2**63")
+        base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
+        seeds = [base_seed + k for k in range(request.num_images)]
+        return Job(subject, steps, height, width, guidance, sampler, seeds)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: OnProgress | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> GenerationResult:
+        """Run one request. `cancel` (set by the caller) and `deadline` (a `time.monotonic()` value)
+        stop it at the next step boundary with `Cancelled`."""
+        return self.generate_batch([request], on_progress, cancel, deadline)[0]
+
+    def generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        on_progress: OnProgress | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> list[GenerationResult]:
+        """Run compatible requests (same `Job.batch_key`) as one batch through the model.
+
+        Every image keeps its own seed and noise generator, so each request gets the images it would
+        get alone (up to the float rounding of a larger matrix product). The stats describe the batch.
+        """
+        jobs = [self.validate(request) for request in requests]
+        if len({job.batch_key for job in jobs}) != 1:
+            raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
+        with self._lock, torch.inference_mode():
+            self.cache.reset()
+            try:
+                images, stats = self._run(jobs, on_progress, cancel, deadline)
+            finally:
+                self.cache.reset()
+        results, start = [], 0
+        for job in jobs:
+            end = start + len(job.seeds)
+            results.append(GenerationResult(images=images[start:end], seeds=job.seeds, stats=stats, prompt=job.subject))
+            start = end
+        return results
+
+    def _run(self, jobs: list[Job], on_progress, cancel, deadline) -> tuple[torch.Tensor, GenerationStats]:
+        first = jobs[0]
+        subjects = [job.subject for job in jobs for _ in job.seeds]
+        seeds = [seed for job in jobs for seed in job.seeds]
+        stats = GenerationStats(batch_size=len(seeds))
+        started = time.perf_counter()
+        model, adapter, guidance = self.model, self.adapter, first.guidance
+        use_cfg = guidance > 1.0
+        conditioning = adapter.condition(model, subjects, guidance=use_cfg)
+        kwargs = conditioning.cond
+        if use_cfg:
+            kwargs = {key: torch.cat([value, conditioning.uncond[key]]) for key, value in kwargs.items()}
+        stats.seconds["condition"] = time.perf_counter() - started
+
+        shape = adapter.latent_shape(model, first.height, first.width)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
+        blocks_before = self.block_counter.count
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            stats.model_evaluations += 1
+            if not use_cfg:
+                return adapter.predict(model, x, t, kwargs)
+            cond, uncond = adapter.predict(model, torch.cat([x, x]), t, kwargs).chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        def on_step(done: int, total: int, x: torch.Tensor) -> None:
+            stats.steps = done
+            if on_progress is not None:
+                on_progress(ProgressEvent(done, total, time.perf_counter() - started, x))
+            self._check_cancel(done, cancel, deadline)
+
+        self._check_cancel(0, cancel, deadline)
+        denoise_started = time.perf_counter()
+        schedule = adapter.schedule_kwargs(model, shape)
+        latents = first.sampler.sample(denoise, noise, first.steps, generators, on_step, schedule)
+        stats.seconds["denoise"] = time.perf_counter() - denoise_started
+        decode_started = time.perf_counter()
+        images = ((adapter.decode(model, latents) + 1) / 2).clamp(0, 1).cpu()
+        stats.seconds["decode"] = time.perf_counter() - decode_started
+        stats.block_evaluations = self.block_counter.count - blocks_before
+        stats.block_evaluations_full = stats.model_evaluations * self.blocks_per_call
+        stats.seconds["total"] = time.perf_counter() - started
+        return images, stats
+
+    @staticmethod
+    def _check_cancel(done: int, cancel: threading.Event | None, deadline: float | None) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(done, "cancelled")
+        if deadline is not None and time.monotonic() > deadline:
+            raise Cancelled(done, "deadline exceeded")
+
+    def warmup(self) -> float:
+        """Run one small request end to end (allocations, lazy inits); returns its seconds."""
+        started = time.perf_counter()
+        subject = 0 if self.adapter.conditioning == "class" else "warm-up"
+        request = GenerationRequest(
+            prompt=subject if isinstance(subject, str) else None,
+            class_label=subject if isinstance(subject, int) else None,
+            steps=min(2, self.config.limits.max_steps),
+            seed=0,
+        )
+        self.generate(request)
+        return time.perf_counter() - started
+
+    def describe(self) -> dict:
+        """The model, its plan and its limits, as plain data (for listings and `GetModel`)."""
+        default_h, default_w = self.adapter.default_size(self.model)
+        return {
+            "name": self.config.model.name,
+            "family": self.config.model.family,
+            "conditioning": self.adapter.conditioning,
+            "labels": {k: v for k, v in sorted(self.model.id2label.items())},
+            "default_size": [default_h, default_w],
+            "blocks_per_call": self.blocks_per_call,
+            "device": str(self.model.device),
+            "plan": self.config.plan.model_dump(mode="json"),
+            "limits": self.config.limits.model_dump(mode="json"),
+        }

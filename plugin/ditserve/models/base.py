@@ -1,0 +1,126 @@
+"""The family adapter: everything that differs between DiT, PixArt, SD3, Flux and Wan pipelines.
+
+The engine and every strategy talk to a model through its adapter: which components to load, where
+the transformer blocks are, how to condition and call the transformer at a timestep, and how to turn
+its output space into images. Strategies never read a model's attribute names themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ditserve.errors import RequestError
+
+
+@dataclass
+class BlockGroup:
+    """One stack of transformer blocks, e.g. Flux's dual-stream `transformer_blocks`."""
+
+    name: str
+    """Attribute path of the stack on the transformer (for messages and caches' keys)."""
+    blocks: nn.ModuleList
+
+
+@dataclass
+class Conditioning:
+    """Transformer keyword arguments for one batch; `uncond` is None when guidance is off."""
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline's components, plus what the adapter read from its files."""
+
+    adapter: FamilyAdapter
+    transformer: nn.Module
+    scheduler_config: dict[str, Any]
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    components: dict[str, Any] = field(default_factory=dict)
+    """Other pipeline parts the family needs (vae, text encoders, tokenizers)."""
+    id2label: dict[int, str] = field(default_factory=dict)
+    """Class names for class-conditional families; each value may list synonyms separated by commas."""
+
+
+class FamilyAdapter(ABC):
+    """How one diffusers family is loaded, conditioned, called and decoded."""
+
+    family: ClassVar[str]
+    conditioning: ClassVar[Literal["class", "text"]]
+    """`class` models take a class label (a prompt must name a class); `text` models take free text."""
+    resizable: ClassVar[bool] = True
+    """Whether requests may choose the image size."""
+
+    @abstractmethod
+    def load(self, path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+        """Load the components from a local diffusers directory (never from a hub)."""
+
+    @abstractmethod
+    def block_groups(self, transformer: nn.Module) -> list[BlockGroup]:
+        """The transformer's block stacks, in execution order."""
+
+    @abstractmethod
+    def default_size(self, model: LoadedModel) -> tuple[int, int]:
+        """(height, width) in pixels when a request gives none."""
+
+    @abstractmethod
+    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one sample in the space the sampler works in, for an image of that size."""
+
+    @abstractmethod
+    def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
+        """Transformer inputs for each image's prompt (or class id), and the unconditional ones."""
+
+    @abstractmethod
+    def predict(self, model: LoadedModel, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Call the transformer on `x` at scheduler timestep `t`; return the prediction in `x`'s shape."""
+
+    @abstractmethod
+    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        """Samples → images in [-1, 1], (N, C, H, W) float32."""
+
+    def schedule_kwargs(
+        self, model: LoadedModel, latent_shape: tuple[int, ...], steps: int | None = None
+    ) -> dict[str, Any]:
+        """Extra `set_timesteps` arguments for one request (e.g. Flux's resolution-dependent `mu`, and its
+        `sigmas`, which depend on the number of `steps`; without `steps` the scheduler's default spacing runs)."""
+        return {}
+
+    def guidance_inputs(self, model: LoadedModel, scale: float, batch: int) -> dict[str, torch.Tensor] | None:
+        """Transformer inputs that carry the guidance `scale`, one row per image, for guidance-distilled
+        models (Flux dev); None for families guided by classifier-free guidance. When this returns inputs,
+        the caller merges them into the conditional inputs and runs no unconditional batch."""
+        return None
+
+    def size_multiple(self, model: LoadedModel) -> int:
+        """Height and width must be multiples of this."""
+        return 8
+
+    def check_size(self, model: LoadedModel, height: int, width: int) -> None:
+        """Refuse a size the family cannot make, naming the rule."""
+        default = self.default_size(model)
+        if not self.resizable and (height, width) != default:
+            raise RequestError("size", f"this model makes {default[0]}x{default[1]} images only")
+        multiple = self.size_multiple(model)
+        for name, value in (("height", height), ("width", width)):
+            if value % multiple:
+                raise RequestError(name, f"must be a multiple of {multiple} (got {value})")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def count_blocks(adapter: FamilyAdapter, transformer: nn.Module) -> int:
+    """Blocks one transformer call runs when nothing is skipped."""
+    return sum(len(group.blocks) for group in adapter.block_groups(transformer))

@@ -1,0 +1,1 @@
+"""Multi-process runners on torch.distributed, registered in `ditserve.registry.PARALLEL`."""

@@ -1,0 +1,1 @@
+"""Weight/activation quantization and attention backends, registered in `ditserve.registry.QUANTIZERS`."""

@@ -1,0 +1,82 @@
+"""The transport-neutral request and result: what REST, gRPC, the CLI and Python callers all build.
+
+Field types and absolute bounds live here; the limits of a particular model (max steps, batch, size)
+are checked by `Engine.validate`, which names the field and the limit that was broken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+
+
+class GenerationRequest(BaseModel):
+    """One request: what to draw, how many, and how hard to work at it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    prompt: str | None = None
+    """Text for text-to-image models; for class-conditional models, a class name ("seven", "7")."""
+    class_label: int | None = Field(None, ge=0)
+    """Class id for class-conditional models (instead of a prompt)."""
+    steps: int | None = Field(None, ge=1)
+    """Denoising steps; default: the plan's sampler steps."""
+    guidance_scale: float | None = Field(None, ge=0.0, le=100.0)
+    """Classifier-free guidance scale; ≤ 1 runs the conditional branch only. Default: the model's."""
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    """Image k of the request uses seed + k, so any image can be re-made alone. Default: random."""
+    num_images: int = Field(1, ge=1)
+    """Images to generate for this prompt."""
+    height: int | None = Field(None, ge=1)
+    """Image height in pixels; default: the model's native size."""
+    width: int | None = Field(None, ge=1)
+    """Image width in pixels; default: the model's native size."""
+    sampler: dict[str, Any] | None = None
+    """Per-request sampler override, `{name: ..., fields}`, when the model config allows overrides."""
+
+
+@dataclass
+class GenerationStats:
+    """What one request cost: counts are machine-independent, seconds are this machine's."""
+
+    steps: int = 0
+    """Denoising steps completed."""
+    batch_size: int = 0
+    """Images in the batched run this result was part of (several requests may share one)."""
+    model_evaluations: int = 0
+    """Transformer calls (a guided call on the doubled batch counts once)."""
+    block_evaluations: int = 0
+    """Transformer blocks actually computed over the whole request."""
+    block_evaluations_full: int = 0
+    """Blocks the same calls would have computed with no caching."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time per phase: condition, denoise, decode, total."""
+
+    @property
+    def blocks_skipped(self) -> int:
+        return self.block_evaluations_full - self.block_evaluations
+
+
+@dataclass
+class GenerationResult:
+    """Images in [0, 1], (N, C, H, W) float32 on the CPU, with the seeds that made them and the cost."""
+
+    images: torch.Tensor
+    seeds: list[int]
+    stats: GenerationStats
+    prompt: str | int
+
+
+@dataclass
+class ProgressEvent:
+    """Sent after every denoising step; `latents` is the sampler's current state (for previews)."""
+
+    step: int
+    total: int
+    elapsed: float
+    latents: torch.Tensor

@@ -1,0 +1,1 @@
+"""Samplers: diffusers schedulers wrapped, and own solvers, registered in `ditserve.registry.SAMPLERS`."""
