@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 EXTRAS ?= serve,dev,bench
 comma := ,
 
-.PHONY: setup serve test test-all lint format bench train clean
+.PHONY: setup serve test test-all lint format bench train clean proto browser bento
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,22 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed  ## create the venv and install ditserve with its extras
 
-serve: setup  ## set up, then run the embedded digits model (the HTTP/gRPC service comes with issue 5)
-	$(BIN)/ditserve generate --prompt seven --seed 0 --num-images 4 --upscale 8 -o out/seven.png
-	@echo "Wrote out/seven-*.png. The REST/gRPC service is issue 5; until it lands 'make serve' runs the engine once."
+serve: setup  ## set up, then serve the embedded digits model: REST + playground on :3000, gRPC on :50051 (127.0.0.1)
+	$(BIN)/ditserve serve --config bentos/digits/model.yaml --host 127.0.0.1 --port 3000 --grpc-port 50051
 
-test: setup  ## set up, then run the test suite (what CI runs)
+proto: setup  ## regenerate the gRPC stubs in plugin/ditserve/v1/ from proto/ (a test fails when they are stale)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=plugin --pyi_out=plugin --grpc_python_out=plugin \
+		proto/ditserve/v1/diffusion.proto
+
+browser:  ## headless Chromium for the playground test (Debian packages; needs root, as in CI)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+bento: setup  ## build the deployable Bento for the digits model (bentoml locks its requirements with uv)
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	$(BIN)/bentoml build -f bentos/digits/bentofile.yaml .
+
+test: setup browser  ## set up (venv + test browser), then run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 test-all: setup  ## every test, the slow measurements included
@@ -47,6 +58,8 @@ format: setup
 
 bench: setup  ## the measurements behind benchmarks/results/
 	$(BIN)/python benchmarks/quality_baseline.py
+	$(BIN)/python benchmarks/quantization.py
+	$(BIN)/python benchmarks/serving.py
 
 train: setup  ## retrain the embedded models (about 35 minutes on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier

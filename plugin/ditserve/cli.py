@@ -107,12 +107,40 @@ def _type_name(annotation) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    print(
-        "ditserve serve: the BentoML + gRPC service is not built yet; issue 5 (Serving) adds it. "
-        "Use `ditserve generate` meanwhile.",
-        file=sys.stderr,
-    )
-    return 2
+    """Run the BentoML service (REST on --port, gRPC on --grpc-port) in this process's place."""
+    import os
+
+    from ditserve.config import load_config
+
+    config = args.config
+    if not config.startswith("builtin:"):
+        config = str(Path(config).resolve())
+    load_config(config)  # a bad config fails here, with its problems listed, before the server starts
+    env = dict(os.environ, DITSERVE_CONFIG=config, DITSERVE_GRPC_HOST=args.host, DITSERVE_GRPC_PORT=str(args.grpc_port))
+    if args.warmup_rounds is not None:
+        env["DITSERVE_WARMUP_ROUNDS"] = str(args.warmup_rounds)
+    command = [sys.executable, "-m", "bentoml", "serve", "ditserve.serving.service:DiffusionServer",
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    print(f"ditserve: serving {config} on http://{args.host}:{args.port} and grpc {args.host}:{args.grpc_port}")
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: the server replaced this process
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run the calibration a cache needs and write it into the model's YAML (`plan.cache`); with `--quant`,
+    a quantizer's statistics into a file that `plan.quant.calibration` names."""
+    if args.quant:
+        from ditserve.quantization.calibrate import calibrate as calibrate_quant
+
+        path = calibrate_quant(args.config, args.quant, args.out, args.samples, None)
+        print(f"ditserve: wrote {path}; use it with plan.quant: {{name: {args.quant}, calibration: {path}}}")
+        return 0
+    from ditserve.caching.calibration import calibrate, config_file
+
+    fields = calibrate(args.config, args.cache, args.samples)
+    print(f"ditserve: wrote plan.cache {args.cache} {json.dumps(fields)} into {config_file(args.config)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     strat.add_argument("--json", action="store_true")
     strat.set_defaults(func=cmd_strategies)
 
-    serve = sub.add_parser("serve", help="serve a model over REST and gRPC (issue 5)")
-    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve = sub.add_parser("serve", help="serve a model over REST and gRPC")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address of both APIs (default loopback only)")
+    serve.add_argument("--port", type=int, default=3000, help="REST port")
+    serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port")
+    serve.add_argument("--warmup-rounds", type=int, help="warm-up batches before /readyz says ready (default 1)")
     serve.set_defaults(func=cmd_serve)
+
+    cal = sub.add_parser("calibrate", help="calibrate a cache on a model and write it into the model's YAML")
+    what = cal.add_mutually_exclusive_group(required=True)
+    what.add_argument("--cache", help="cache strategy name (e.g. teacache)")
+    what.add_argument("--quant", help="quantizer name (w8a8, svdquant, mixed): stores its statistics in --out")
+    cal.add_argument("--out", help="with --quant: statistics file (default calibration/<model>-<quant>.safetensors)")
+    cal.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
+    cal.add_argument("--samples", type=int, default=8, help="uncached requests to observe (fixed seeds)")
+    cal.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -126,6 +126,11 @@ class ServeLimits(_Section):
     """Requests waiting beyond this are refused (HTTP 429 / RESOURCE_EXHAUSTED)."""
     batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     """How long the scheduler waits to fill a batch with compatible requests."""
+    batch_images: int = Field(8, ge=1, le=256)
+    """Images the scheduler packs into one batched model call (requests with more run alone)."""
+    pad_batches: bool = True
+    """Pad every batched call to `batch_images` so an image's arithmetic never depends on its batch-mates:
+    a batched image is then bit-identical to the same request served alone (costs compute when idle)."""
     timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
     """A request still unfinished after this many seconds is cancelled."""
     allow_overrides: bool = True

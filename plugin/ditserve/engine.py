@@ -116,8 +116,9 @@ class Engine:
         self.block_counter = BlockCounter(self.model)
         plan = config.plan
         self.parallel = PARALLEL.get(plan.parallel.name)(plan.parallel)
-        if self.parallel.world_size != 1:
-            raise PlanError(f"parallel runner {plan.parallel.name!r} needs {self.parallel.world_size} processes")
+        if self.parallel.world_size != 1:  # the runner's ranks load their own copies and run every request
+            self.parallel.check(self.model)
+            self.parallel.start(config)
         self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
         self.quantizer.apply(self.model)
         self.cache = CACHES.get(plan.cache.name)(plan.cache)
@@ -206,6 +207,8 @@ class Engine:
         Every image keeps its own seed and noise generator, so each request gets the images it would
         get alone (up to the float rounding of a larger matrix product). The stats describe the batch.
         """
+        if self.parallel.world_size != 1:
+            return self.parallel.generate_batch(self, requests, on_progress, cancel, deadline)
         jobs = [self.validate(request) for request in requests]
         if len({job.batch_key for job in jobs}) != 1:
             raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
@@ -229,9 +232,10 @@ class Engine:
         stats = GenerationStats(batch_size=len(seeds))
         started = time.perf_counter()
         model, adapter, guidance = self.model, self.adapter, first.guidance
-        use_cfg = guidance > 1.0
+        embedded_guidance = adapter.guidance_inputs(model, guidance, len(seeds))  # guidance-distilled models
+        use_cfg = guidance > 1.0 and embedded_guidance is None
         conditioning = adapter.condition(model, subjects, guidance=use_cfg)
-        kwargs = conditioning.cond
+        kwargs = conditioning.cond | (embedded_guidance or {})
         if use_cfg:
             kwargs = {key: torch.cat([value, conditioning.uncond[key]]) for key, value in kwargs.items()}
         stats.seconds["condition"] = time.perf_counter() - started
@@ -256,7 +260,7 @@ class Engine:
 
         self._check_cancel(0, cancel, deadline)
         denoise_started = time.perf_counter()
-        schedule = adapter.schedule_kwargs(model, shape)
+        schedule = adapter.schedule_kwargs(model, shape, first.steps)
         latents = first.sampler.sample(denoise, noise, first.steps, generators, on_step, schedule)
         stats.seconds["denoise"] = time.perf_counter() - denoise_started
         decode_started = time.perf_counter()
@@ -273,6 +277,15 @@ class Engine:
             raise Cancelled(done, "cancelled")
         if deadline is not None and time.monotonic() > deadline:
             raise Cancelled(done, "deadline exceeded")
+
+    @property
+    def alive(self) -> bool:
+        """False once a rank of a multi-process runner has died or hung (restart the service)."""
+        return self.parallel.alive
+
+    def close(self) -> None:
+        """Stop a multi-process runner's ranks (nothing to do for a single-process engine)."""
+        self.parallel.close()
 
     def warmup(self) -> float:
         """Run one small request end to end (allocations, lazy inits); returns its seconds."""

@@ -56,6 +56,10 @@ def test_generate_refuses_bad_input_with_a_message_and_status_2(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_serve_says_which_issue_adds_it():
-    out = run("-m", "ditserve.cli", "serve")
-    assert out.returncode == 2 and "issue 5" in out.stderr
+def test_serve_checks_the_config_before_starting_a_server(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: x, path: builtin:digits-dit}\nlimits: {max_steps: 0}\n")
+    out = run("-m", "ditserve.cli", "serve", "--config", str(bad), "--port", "1")
+    assert out.returncode == 2
+    assert "limits.max_steps" in out.stderr and "Traceback" not in out.stderr
+    assert "serving" not in out.stdout  # refused before anything listened

@@ -7,11 +7,15 @@ through a model's attribute names.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ditserve.errors import PlanError
 from ditserve.registry import Strategy, StrategyConfig
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ditserve.engine import Engine
     from ditserve.models.base import LoadedModel
 
 
@@ -34,3 +38,19 @@ class CacheStrategy(Strategy):
 
     def remove(self) -> None:
         """Undo `apply`, leaving the model as it was loaded."""
+
+    @classmethod
+    def calibrate(cls, engine: Engine, samples: int, settings: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Measure what the strategy needs on `engine`'s model (which runs uncached) with `samples`
+        requests; return the config fields to store in the model's YAML (`ditserve calibrate`).
+        `settings` are the strategy's fields already in the YAML (e.g. a threshold the calibration fits
+        for); files it writes go to `directory`, the YAML's folder."""
+        raise PlanError(f"cache {cls.name!r} needs no calibration")
+
+    def require_calibration(self, field: str) -> None:
+        """Fail at load, naming the command that fixes it, when the calibrated `field` is missing."""
+        if getattr(self.config, field) is None:
+            raise PlanError(
+                f"cache {self.name!r} needs `{field}` from a calibration of this model: run "
+                f"`ditserve calibrate --cache {self.name} --config <model.yaml>`, which writes it into plan.cache"
+            )

@@ -7,6 +7,7 @@ its output space into images. Strategies never read a model's attribute names th
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -106,6 +107,37 @@ class FamilyAdapter(ABC):
         """Height and width must be multiples of this."""
         return 8
 
+    def block_streams(self, block: nn.Module) -> Any:
+        """Where one block takes and returns its hidden states (and, for dual-stream blocks, the text
+        stream): diffusers' `TransformerBlockMetadata` for the block's class. Caches use it to cache a
+        block's residual (output − input) per stream without knowing the block's signature."""
+        from diffusers.hooks._helpers import TransformerBlockRegistry
+
+        try:
+            return TransformerBlockRegistry.get(type(block))
+        except ValueError:
+            raise ValueError(
+                f"{type(block).__name__} is not a transformer block diffusers describes; "
+                f"override {type(self).__name__}.block_streams for it"
+            ) from None
+
+    def modulated_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The timestep-modulated, normalised input of `block` for the call `block(*args, **kwargs)`
+        (what TeaCache watches change between steps). Computed without running the block."""
+        x = block_argument(block, "hidden_states", args, kwargs)
+        norm_type = getattr(block, "norm_type", None)
+        if norm_type == "ada_norm_zero":  # DiT: the block's own timestep + class embedding
+            timestep = block_argument(block, "timestep", args, kwargs)
+            labels = block_argument(block, "class_labels", args, kwargs)
+            return block.norm1(x, timestep, labels, hidden_dtype=x.dtype)[0]
+        if norm_type == "ada_norm_single":  # PixArt: a shared timestep projection plus a per-block table
+            timestep = block_argument(block, "timestep", args, kwargs)
+            table = block.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)
+            shift, scale = table.chunk(6, dim=1)[:2]
+            return block.norm1(x) * (1 + scale) + shift
+        out = block.norm1(x, emb=block_argument(block, "temb", args, kwargs))  # Flux, SD3: AdaLayerNormZero(emb)
+        return out[0] if isinstance(out, tuple) else out
+
     def check_size(self, model: LoadedModel, height: int, width: int) -> None:
         """Refuse a size the family cannot make, naming the rule."""
         default = self.default_size(model)
@@ -115,6 +147,17 @@ class FamilyAdapter(ABC):
         for name, value in (("height", height), ("width", width)):
             if value % multiple:
                 raise RequestError(name, f"must be a multiple of {multiple} (got {value})")
+
+
+def block_argument(block: nn.Module, name: str, args: tuple, kwargs: dict) -> Any:
+    """The value a call `block(*args, **kwargs)` gives parameter `name` (its default when not passed)."""
+    if name in kwargs:
+        return kwargs[name]
+    parameters = list(inspect.signature(type(block).forward).parameters.values())[1:]  # without self
+    for index, parameter in enumerate(parameters):
+        if parameter.name == name:
+            return args[index] if index < len(args) else parameter.default
+    raise ValueError(f"{type(block).__name__}.forward has no parameter {name!r}")
 
 
 def read_json(path: Path) -> dict:

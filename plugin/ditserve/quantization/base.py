@@ -1,12 +1,22 @@
-"""What a quantizer is: a config and `apply`, which rewrites the loaded transformer once at load time."""
+"""What a quantizer is: a config and `apply`, which rewrites the loaded transformer once at load time.
+
+Quantizers act on the transformer's blocks as the family adapter lists them (`block_groups`), never
+on a model's attribute names, and before any cache is installed (the engine applies the quantizer
+first), so a cache's hooks wrap the quantized blocks.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+from torch import nn
 
 from ditserve.registry import Strategy, StrategyConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from ditserve.models.base import LoadedModel
 
 
@@ -14,10 +24,74 @@ class QuantConfig(StrategyConfig):
     """Base of quantizer configs."""
 
 
+class CalibratedQuantConfig(QuantConfig):
+    """Base of configs for quantizers that need activation statistics from real sampling runs."""
+
+    calibration: str | None = None
+    """A file written by `ditserve calibrate --quant NAME` (or `python -m ditserve.quantization.calibrate`);
+    None calibrates at load on `calibration_samples` images (seconds on the digits model, long on big ones)."""
+    calibration_samples: int = Field(4, ge=1, le=256)
+    """Images sampled to collect statistics when calibrating."""
+    calibration_steps: int = Field(10, ge=1, le=100)
+    """Sampler steps per calibration image."""
+
+
 class Quantizer(Strategy):
     """Rewrites the transformer's layers (weights, activations, attention) for lower precision."""
 
     Config = QuantConfig
+    needs_calibration: ClassVar[bool] = False
+    """True when `apply` uses statistics that `calibrate` collects."""
 
     def apply(self, model: LoadedModel) -> None:
         """Quantize the loaded model in place."""
+
+    def calibrate(self, model: LoadedModel) -> dict[str, torch.Tensor]:
+        """Collect what `apply` needs from sampling runs of the unquantized model (tensors, to be stored)."""
+        return {}
+
+    def statistics(self, model: LoadedModel) -> dict[str, torch.Tensor]:
+        """The stored calibration named by the config, or a fresh calibration run when it names none."""
+        path = getattr(self.config, "calibration", None)
+        if path is None:
+            return self.calibrate(model)
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from ditserve.errors import PlanError
+
+        if not Path(path).is_file():
+            raise PlanError(
+                f"quant.calibration: {path!r} does not exist; run `ditserve calibrate --quant {self.name} "
+                "--config <model.yaml>` to write it, or remove the field to calibrate at load"
+            )
+        return load_file(path)
+
+
+def block_linears(model: LoadedModel) -> dict[str, nn.Linear]:
+    """Every `nn.Linear` inside the transformer's blocks, by qualified name under the transformer."""
+    transformer_names = {module: name for name, module in model.transformer.named_modules()}
+    found = {}
+    for group in model.adapter.block_groups(model.transformer):
+        for module in group.blocks.modules():
+            if isinstance(module, nn.Linear):
+                found[transformer_names[module]] = module
+    return found
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` (dotted) was."""
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the module's stored tensors (parameters and buffers), each storage counted once."""
+    seen, total = set(), 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total

@@ -30,7 +30,8 @@ def prediction_type(scheduler_config: dict) -> str:
     """What the model predicts, read from its scheduler config: epsilon, v_prediction, sample or flow."""
     if str(scheduler_config.get("_class_name", "")).startswith("FlowMatch"):
         return "flow"
-    return scheduler_config.get("prediction_type", "epsilon")
+    kind = scheduler_config.get("prediction_type", "epsilon")
+    return "flow" if kind == "flow_prediction" else kind  # Wan ships UniPC configured for flow prediction
 
 
 class SamplerConfig(StrategyConfig):

@@ -7,6 +7,7 @@ keyword arguments of `step`.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ditserve.sampling.base import Denoise, OnStep, Sampler
@@ -47,10 +48,15 @@ class DiffusersSampler(Sampler):
     ) -> torch.Tensor:
         scheduler = self.make_scheduler()
         scheduler.set_timesteps(steps, device=noise.device, **(schedule or {}))
-        x = noise * scheduler.init_noise_sigma
+        # Flow-matching schedulers neither scale the noise nor the model input, and have no such methods.
+        x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        scale_input = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
+        step_kwargs = self.step_kwargs()
+        if "generator" in inspect.signature(scheduler.step).parameters:  # deterministic schedulers take none
+            step_kwargs["generator"] = generators
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
-            output = denoise(scheduler.scale_model_input(x, t), t)
-            x = scheduler.step(output, t, x, generator=generators, return_dict=True, **self.step_kwargs()).prev_sample
+            output = denoise(scale_input(x, t), t)
+            x = scheduler.step(output, t, x, return_dict=True, **step_kwargs).prev_sample
             on_step(i + 1, len(timesteps), x)
         return x

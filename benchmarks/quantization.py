@@ -1,0 +1,138 @@
+"""Write benchmarks/results/quantization.md: every quantizer on the embedded digits model, speed and fidelity.
+
+python benchmarks/quantization.py [--per-class 10] [--timing-images 10] [--repeats 3]
+
+Per scheme, in one run against the unquantized model (same sampler, steps, guidance and seeds):
+- weight bytes of the transformer (parameters + buffers) against the fp32 model and against bf16
+  (the fp32 figure halved);
+- PSNR and SSIM of every sample against the unquantized sample of the same seed;
+- the digits classifier's accuracy on the class-conditioned samples and the Fréchet distance of their
+  classifier features to the held-out digits;
+- CPU wall-clock ratio of one fixed request against the unquantized model run right after it (median of
+  `--repeats`), > 1 is slower.
+On a CPU the W8A8/W4A4/fp8/attention schemes run their kernels' torch references (fidelity real,
+speed not: no int8/int4/fp8 GEMM and no sparse attention kernel exists on this CPU path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ditserve.config import load_config, parse_config
+from ditserve.engine import Engine
+from ditserve.quality.metrics import mean_finite, psnr, ssim
+from ditserve.quality.report import measure
+from ditserve.quantization.base import weight_bytes
+from ditserve.request import GenerationRequest
+
+RESULTS = Path(__file__).parent / "results"
+SCHEMES = {
+    "none": {"name": "none"},
+    "int8": {"name": "int8"},
+    "w8a8": {"name": "w8a8", "alpha": 0.5},
+    "fp8": {"name": "fp8"},
+    "svdquant": {"name": "svdquant", "rank": 8, "group": 64},
+    "svdquant-r2": {"name": "svdquant", "rank": 2, "group": 128},
+    "mixed-6bit": {"name": "mixed", "avg_bits": 6.0, "group": 64},
+    "sage": {"name": "sage"},
+    "sparse-0.5": {"name": "sparse", "sparsity": 0.5, "block": 16},
+    "sparse-0.75": {"name": "sparse", "sparsity": 0.75, "block": 16},
+}
+
+
+def engine_with(config_name: str, quant: dict) -> Engine:
+    base = load_config(config_name)
+    data = base.model_dump(mode="json")
+    data["plan"]["quant"] = quant
+    return Engine(parse_config(data, base.source))
+
+
+def wall(engine: Engine, request: GenerationRequest) -> float:
+    started = time.perf_counter()
+    engine.generate(request)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="builtin:digits-dit")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--timing-images", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--schemes", nargs="*", default=list(SCHEMES))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    request = GenerationRequest(class_label=7, num_images=args.timing_images, seed=123)
+    baseline = engine_with(args.config, SCHEMES["none"])
+    fp32_bytes = weight_bytes(baseline.model.transformer)
+    base_report, base_images, _ = measure(baseline, per_class=args.per_class)
+    rows = []
+    for name in ["none", *[s for s in args.schemes if s != "none"]]:
+        started = time.perf_counter()
+        engine = baseline if name == "none" else engine_with(args.config, SCHEMES[name])
+        load_s = time.perf_counter() - started
+        report, images = (base_report, base_images) if name == "none" else measure(engine, per_class=args.per_class)[:2]
+        ratios = []
+        for _ in range(args.repeats):  # interleaved with the baseline, so load changes hit both alike
+            ratios.append(wall(engine, request) / wall(baseline, request))
+        rows.append({
+            "scheme": name,
+            "config": SCHEMES[name],
+            "bytes": weight_bytes(engine.model.transformer),
+            "load_s": load_s,
+            "psnr_db": mean_finite(psnr(images, base_images, data_range=1.0)),
+            "ssim": ssim(images, base_images, data_range=1.0).mean().item(),
+            "accuracy": report.accuracy,
+            "frechet": report.frechet_to_held_out,
+            "cpu_wall_ratio": statistics.median(ratios),
+        })  # fmt: skip
+        print(f"{name}: {rows[-1]}", flush=True)
+        write(rows, fp32_bytes, base_report, args)  # after every scheme, so an interrupted run keeps its rows
+
+
+def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
+    lines = [
+        f"# Quantization on {report.model}",
+        "",
+        f"{report.samples} samples per scheme ({args.per_class} per class), sampler `{report.sampler}`, {report.steps} "
+        f"steps, guidance {report.guidance_scale}, the same seeds for every scheme. Weight bytes: the transformer's "
+        "parameters and buffers (the bf16 figure is the fp32 model's halved). PSNR/SSIM: against the unquantized "
+        "sample of the same seed (PSNR of identical images is infinite and left out of the mean). CPU wall: one "
+        f"request of {args.timing_images} images ({report.steps} steps), median over {args.repeats} runs of the "
+        "ratio to the unquantized model run right after it (> 1 is slower; see below). Load: seconds to load and "
+        "quantize (calibration included). Produced by `python benchmarks/quantization.py`.",
+        "",
+        "| scheme | config | weight MB | × smaller than fp32 | × smaller than bf16 | PSNR dB | SSIM | accuracy "
+        "| Fréchet | CPU wall ratio | load s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        config = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "name") or "—"
+        lines.append(
+            f"| {r['scheme']} | {config} | {r['bytes'] / 1e6:.2f} | {fp32_bytes / r['bytes']:.2f} | "
+            f"{fp32_bytes / 2 / r['bytes']:.2f} | {r['psnr_db']:.1f} | {r['ssim']:.4f} | {r['accuracy']:.3f} | "
+            f"{r['frechet']:.2f} | {r['cpu_wall_ratio']:.2f} | {r['load_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Fréchet floor (real train split vs held-out): {report.frechet_floor_train_vs_held_out:.2f}.",
+        "",
+        "On this CPU, `int8` and `mixed` dequantize weights per call and run the fp32 GEMM; `w8a8`, `svdquant`, `fp8`",
+        "quantize activations on every call and run the reference (dequantized fp32) GEMM: their wall ratios",
+        "measure that simulation, not the GPU kernels (`benchmarks/kernels_gpu.py` times those). `sage` and",
+        "`sparse` likewise run their references (a dense masked softmax for `sparse`, so no saving on CPU).",
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quantization.md").write_text("\n".join(lines))
+    (RESULTS / "quantization.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

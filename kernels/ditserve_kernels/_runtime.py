@@ -1,0 +1,50 @@
+"""When to run a Triton kernel and when its torch reference: the dispatch rule every kernel shares.
+
+Triton runs on CUDA tensors, and on CPU tensors only under the interpreter (`TRITON_INTERPRET=1`,
+read by Triton when it is imported, so it must be set before). Anywhere else a launch fails, so
+the custom ops fall back to the reference — which is also the definition of a kernel's right answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+@functools.cache
+def triton_importable() -> bool:
+    """Whether the `triton` package is installed (it is an optional dependency: extra `dev`)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in the CPU interpreter in this process."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Triton for CUDA tensors (or any tensor under the interpreter); the reference otherwise."""
+    if not triton_importable():
+        return False
+    if interpreting():
+        return True
+    return all(t.is_cuda for t in tensors)
+
+
+def autotune_configs(gpu_configs: list[dict], interpreter_config: dict) -> list:
+    """The autotuner's candidates: several on a GPU, exactly one under the interpreter, which cannot
+    benchmark more than one ("0 active drivers")."""
+    import triton
+
+    chosen = [interpreter_config] if interpreting() else gpu_configs
+    return [
+        triton.Config({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")}, **_launch_opts(c))
+        for c in chosen
+    ]
+
+
+def _launch_opts(config: dict) -> dict:
+    return {k: config[k] for k in ("num_warps", "num_stages") if k in config}

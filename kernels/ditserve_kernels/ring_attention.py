@@ -1,0 +1,115 @@
+"""One block of ring attention: softmax(q kᵀ/√d) v over a block of keys, with each query's log-sum-exp.
+
+Ring attention (ditserve.parallel.ring) computes each query shard against one key/value shard at a
+time and merges the partial results exactly by their log-sum-exps; so the per-block attention must
+return the LSE, which `F.scaled_dot_product_attention` does not. The kernel is a flash-attention
+forward (online softmax in base 2, fp32 accumulation) that also writes lse = m + log(l) per query.
+The reference is the definition: plain fp32 scores, logsumexp, exp(scores − lse) @ v.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ditserve_kernels._runtime import interpreting, triton_importable, use_triton
+
+OP_NAME = "ditserve_kernels::attention_with_lse"
+LN2 = 0.6931471805599453
+
+
+def attention_with_lse_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, Sq, D), (B, H, Sk, D) ×2 → out (B, H, Sq, D) fp32 and lse (B, H, Sq, 1) fp32."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    return torch.exp(scores - lse) @ v.float(), lse
+
+
+if triton_importable():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _attention_lse_kernel(
+        q_ptr,  # (B·H, Sq, D) contiguous
+        k_ptr,  # (B·H, Sk, D) contiguous
+        v_ptr,  # (B·H, Sk, D) contiguous
+        out_ptr,  # fp32 (B·H, Sq, D): the normalized attention output
+        lse_ptr,  # fp32 (B·H, Sq): natural-log log-sum-exp of each query's scaled scores
+        Sq,
+        Sk,
+        D,
+        scale,  # softmax scale times log2(e): scores in base 2
+        BLOCK_M: tl.constexpr,  # queries per program
+        BLOCK_N: tl.constexpr,  # keys per iteration
+        BLOCK_D: tl.constexpr,  # head dim padded to a power of two ≥ 16 (tl.dot's minimum)
+    ):
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        q = tl.load(
+            q_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
+            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
+            other=0.0,
+        ).to(tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start in range(0, Sk, BLOCK_N):
+            kn = start + offs_n
+            k = tl.load(
+                k_ptr + bh * Sk * D + kn[None, :] * D + offs_d[:, None],
+                mask=(kn[None, :] < Sk) & (offs_d[:, None] < D),
+                other=0.0,
+            ).to(tl.float32)
+            s = tl.dot(q, k) * scale
+            s = tl.where(kn[None, :] < Sk, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(
+                v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :],
+                mask=(kn[:, None] < Sk) & (offs_d[None, :] < D),
+                other=0.0,
+            ).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p, v)
+            m_i = m_new
+        tl.store(
+            out_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
+            acc / l_i[:, None],
+            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
+        )
+        tl.store(lse_ptr + bh * Sq + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=offs_m < Sq)
+
+
+def attention_with_lse_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch one program per (query block, batch·head)."""
+    B, H, Sq, D = q.shape
+    Sk = k.shape[-2]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty((B, H, Sq, D), device=q.device, dtype=torch.float32)
+    lse = torch.empty((B, H, Sq, 1), device=q.device, dtype=torch.float32)
+    block_m, block_n = (16, 16) if interpreting() else (64, 64)
+    grid = (triton.cdiv(Sq, block_m), B * H)
+    _attention_lse_kernel[grid](
+        q, k, v, out, lse, Sq, Sk, D, D**-0.5 / LN2,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),
+    )  # fmt: skip
+    return out, lse
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of `q` over one block of keys and its log-sum-exp: Triton where it can run, else the reference."""
+    if use_triton(q, k, v):
+        return attention_with_lse_triton(q, k, v)
+    return attention_with_lse_reference(q, k, v)
+
+
+@attention_with_lse.register_fake
+def _(q, k, v):
+    return q.new_empty(q.shape, dtype=torch.float32), q.new_empty((*q.shape[:-1], 1), dtype=torch.float32)

@@ -1,0 +1,147 @@
+"""Block-level reuse: the machinery our own caches share (FORA, Δ-DiT, DBCache, TeaCache, AB-Cache, ...).
+
+`BlockCache.apply` wraps the `forward` of every block the family adapter lists (in execution order,
+across all block groups) and puts a pre-hook on the transformer that counts its calls. For every
+block of every call the subclass decides `compute(i)`:
+
+- computed: the block runs unchanged (so a strategy that computes every block is bit-identical to no
+  caching) and its residual, output − input, is stored per stream (image tokens, and the text stream
+  of dual-stream blocks, as the adapter's `block_streams` places them);
+- skipped: the block does not run; it returns its input plus a `predict`ed residual (by default the
+  stored one). Residuals telescope, so skipping a run of blocks whose residuals come from the same
+  call adds exactly that run's deviation (Δ-DiT's "Δ-Cache").
+
+Decisions are made once per transformer call, so per batch: every sample of a batch, and both halves
+of the [cond; uncond] classifier-free-guidance batch, compute or skip a block together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ditserve.caching.base import CacheStrategy
+from ditserve.models.base import LoadedModel, block_argument
+
+STREAMS = ("hidden_states", "encoder_hidden_states")
+
+
+def relative_l1(new: torch.Tensor, old: torch.Tensor) -> float:
+    """mean|new − old| / mean|old|: the change measure of TeaCache, FBCache and DBCache."""
+    return ((new - old).abs().mean() / old.abs().mean().clamp_min(1e-12)).item()
+
+
+class BlockCache(CacheStrategy):
+    """Base of caches that skip whole blocks and reuse their residuals. Subclasses decide `compute`."""
+
+    def apply(self, model: LoadedModel) -> None:
+        self.model = model
+        groups = model.adapter.block_groups(model.transformer)
+        self.blocks: list[nn.Module] = [block for group in groups for block in group.blocks]
+        self.group_of: list[str] = [group.name for group in groups for _ in group.blocks]
+        self._streams = [model.adapter.block_streams(block) for block in self.blocks]
+        self._saved = []
+        for index, block in enumerate(self.blocks):
+            self._saved.append(block.__dict__.get("forward"))
+            block.forward = self._wrap(index, block, block.forward)
+        self._hook = model.transformer.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        self.reset()
+
+    def remove(self) -> None:
+        self._hook.remove()
+        for block, saved in zip(self.blocks, self._saved, strict=True):
+            if saved is None:
+                del block.forward
+            else:
+                block.forward = saved
+
+    def reset(self) -> None:
+        self.call = -1
+        """Index of the current transformer call in this request (one call per step with batched CFG)."""
+        self.first_timestep: float | None = None
+        self.progress = 0.0
+        """How far the request is from the first call's noise level: 1 − t/t₀, in [0, 1]."""
+        self.residuals: dict[int, dict[str, torch.Tensor]] = {}
+        self.computed_at: dict[int, int] = {}
+        """Block index → the call whose residual is stored."""
+        self._layout: dict[int, Any] = {}
+
+    # -- what subclasses override ---------------------------------------------------------------
+
+    def begin_call(self) -> None:
+        """Called once per transformer call, after `call` and `progress` are updated."""
+
+    def compute(self, index: int, block: nn.Module, args: tuple, kwargs: dict) -> bool:
+        """Whether block `index` runs in this call (default: always)."""
+        return True
+
+    def after_block(self, index: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Called after a computed block, with its input and output per stream."""
+
+    def predict(self, index: int) -> dict[str, torch.Tensor]:
+        """The residual a skipped block adds to its input (default: the stored one)."""
+        return self.residuals[index]
+
+    # -- machinery ------------------------------------------------------------------------------
+
+    def _on_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.call += 1
+        timestep = kwargs.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.numel():
+            value = float(timestep.reshape(-1)[0])
+            if self.first_timestep is None:
+                self.first_timestep = value
+            self.progress = 1.0 - value / self.first_timestep if self.first_timestep else 0.0
+        self.begin_call()
+
+    def _inputs(self, index: int, block: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        streams = self._streams[index]
+        inputs = {"hidden_states": block_argument(block, streams.hidden_states_argument_name, args, kwargs)}
+        if streams.return_encoder_hidden_states_index is not None:
+            inputs["encoder_hidden_states"] = block_argument(
+                block, streams.encoder_hidden_states_argument_name, args, kwargs
+            )
+        return inputs
+
+    def _outputs(self, index: int, output: Any) -> dict[str, torch.Tensor]:
+        streams = self._streams[index]
+        if isinstance(output, torch.Tensor):
+            return {"hidden_states": output}
+        found = {"hidden_states": output[streams.return_hidden_states_index]}
+        if streams.return_encoder_hidden_states_index is not None:
+            found["encoder_hidden_states"] = output[streams.return_encoder_hidden_states_index]
+        return found
+
+    def _rebuild(self, index: int, values: dict[str, torch.Tensor | None]) -> Any:
+        """An output shaped like the block's own (a tensor, or a tuple in the block's order)."""
+        layout = self._layout[index]
+        if layout is None:
+            return values["hidden_states"]
+        streams = self._streams[index]
+        output: list[Any] = [None] * layout
+        output[streams.return_hidden_states_index] = values["hidden_states"]
+        if streams.return_encoder_hidden_states_index is not None:
+            output[streams.return_encoder_hidden_states_index] = values.get("encoder_hidden_states")
+        return tuple(output)
+
+    def _wrap(self, index: int, block: nn.Module, forward):
+        def cached_forward(*args, **kwargs):
+            inputs = self._inputs(index, block, args, kwargs)
+            wanted = self.compute(index, block, args, kwargs)
+            if wanted or index not in self.residuals:
+                output = forward(*args, **kwargs)
+                outputs = self._outputs(index, output)
+                self._layout[index] = None if isinstance(output, torch.Tensor) else len(output)
+                self.residuals[index] = {
+                    name: out - inputs[name] for name, out in outputs.items() if out is not None and name in inputs
+                }
+                self.computed_at[index] = self.call
+                self.after_block(index, inputs, outputs)
+                return output
+            residual = self.predict(index)
+            values = {name: inputs[name] + residual[name] if name in residual else None for name in inputs}
+            return self._rebuild(index, values)
+
+        return cached_forward

@@ -1,0 +1,229 @@
+"""Python clients for a running ditserve server, over REST and gRPC, and a small CLI on top of them.
+
+    from ditserve.client import RestClient, GrpcClient
+    images = RestClient("http://127.0.0.1:3000").generate(prompt="seven", seed=0)["images"]
+
+    python -m ditserve.client --url http://127.0.0.1:3000 generate --prompt seven --seed 0 -o seven.png
+    python -m ditserve.client --grpc 127.0.0.1:50051 generate --prompt seven -o seven.png
+    python -m ditserve.client --url http://127.0.0.1:3000 models
+
+Both clients return the same dict: `{"model", "images": [{"seed", "mime_type", "channels", "height",
+"width", "data": bytes}], "stats": {...}}`; errors raise `ServerError` with the status and message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class ServerError(RuntimeError):
+    """The server refused or failed a request: `status` is the HTTP code or the gRPC status name."""
+
+    def __init__(self, status: int | str, message: str, field: str | None = None) -> None:
+        self.status, self.message, self.field = status, message, field
+        super().__init__(f"{status}: {message}")
+
+
+class RestClient:
+    """The REST API (`/generate`, `/generate/stream`, `/tasks`, `/models`, `/strategies`)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
+        import httpx
+
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, response):
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except Exception:
+                raise ServerError(response.status_code, response.text) from None
+            raise ServerError(response.status_code, error.get("message", ""), error.get("field"))
+        return response
+
+    @staticmethod
+    def _decode(body: dict) -> dict:
+        images = [
+            {**{k: v for k, v in i.items() if k != "b64"}, "data": base64.b64decode(i["b64"])} for i in body["images"]
+        ]
+        return {**body, "images": images}
+
+    def generate(self, **fields: Any) -> dict:
+        return self._decode(self._check(self.http.post("/generate", json=fields)).json())
+
+    def stream(self, **fields: Any):
+        """Yield `("progress", {...})` events, then `("result", {...})`."""
+        with self.http.stream("POST", "/generate/stream", json=fields) as response:
+            self._check(response)
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if event == "error":
+                        raise ServerError(data["error"]["status"], data["error"]["message"], data["error"]["field"])
+                    yield event, self._decode(data) if event == "result" else data
+
+    def submit(self, **fields: Any) -> str:
+        return self._check(self.http.post("/tasks", json=fields)).json()["id"]
+
+    def task(self, task_id: str) -> dict:
+        return self._check(self.http.get(f"/tasks/{task_id}")).json()
+
+    def cancel(self, task_id: str) -> dict:
+        return self._check(self.http.post(f"/tasks/{task_id}/cancel")).json()
+
+    def result(self, task_id: str) -> dict | None:
+        """The task's result, or None while it runs."""
+        response = self._check(self.http.get(f"/tasks/{task_id}/result"))
+        return None if response.status_code == 202 else self._decode(response.json())
+
+    def models(self) -> list[dict]:
+        return self._check(self.http.get("/models")).json()["models"]
+
+    def strategies(self) -> list[dict]:
+        return self._check(self.http.get("/strategies")).json()["strategies"]
+
+
+class GrpcClient:
+    """The gRPC API (`ditserve.v1.DiffusionService`)."""
+
+    def __init__(self, target: str, api_key: str | None = None) -> None:
+        import grpc
+
+        from ditserve.v1 import diffusion_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 << 20)])
+        self.stub = diffusion_pb2_grpc.DiffusionServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    @staticmethod
+    def request(**fields: Any):
+        """A `GenerateRequest` from the REST field names (format "raw" → exact float32 images)."""
+        from google.protobuf import struct_pb2
+
+        from ditserve.v1 import diffusion_pb2 as pb
+
+        fields = dict(fields)
+        fmt = fields.pop("format", "png")
+        sampler = fields.pop("sampler", None)
+        fields.pop("timeout_s", None)
+        message = pb.GenerateRequest(**fields)
+        message.format = pb.IMAGE_FORMAT_RAW_F32 if fmt == "raw" else pb.IMAGE_FORMAT_PNG
+        if sampler:
+            extra = struct_pb2.Struct()
+            extra.update({k: v for k, v in sampler.items() if k != "name"})
+            message.sampler.CopyFrom(pb.Strategy(name=sampler["name"], fields=extra))
+        return message
+
+    def _call(self, method, message, timeout):
+        import grpc
+
+        try:
+            return method(message, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise ServerError(err.code().name, err.details()) from None
+
+    @staticmethod
+    def _decode(response) -> dict:
+        from google.protobuf import json_format
+
+        stats = json_format.MessageToDict(response.stats, preserving_proto_field_name=True)
+        stats.update({k: int(v) for k, v in stats.items() if k.startswith("block_")})  # int64 arrives as a string
+        images = [
+            {
+                "seed": i.seed,
+                "mime_type": i.mime_type,
+                "channels": i.channels,
+                "height": i.height,
+                "width": i.width,
+                "data": i.data,
+            }
+            for i in response.images
+        ]
+        return {"model": response.model, "images": images, "stats": stats}
+
+    def generate(self, timeout: float | None = None, **fields: Any) -> dict:
+        return self._decode(self._call(self.stub.Generate, self.request(**fields), timeout))
+
+    def stream(self, timeout: float | None = None, **fields: Any):
+        """Yield `("progress", Progress)` messages, then `("result", {...})`."""
+        import grpc
+
+        try:
+            for event in self.stub.GenerateStream(self.request(**fields), timeout=timeout, metadata=self.metadata):
+                if event.WhichOneof("event") == "progress":
+                    yield "progress", event.progress
+                else:
+                    yield "result", self._decode(event.result)
+        except grpc.RpcError as err:
+            raise ServerError(err.code().name, err.details()) from None
+
+    def models(self) -> list[dict]:
+        from google.protobuf import json_format
+
+        from ditserve.v1 import diffusion_pb2 as pb
+
+        response = self._call(self.stub.ListModels, pb.ListModelsRequest(), 30)
+        return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in response.models]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ditserve.client", description="Call a running ditserve server.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", default="http://127.0.0.1:3000", help="REST base URL")
+    where.add_argument("--grpc", help="gRPC target host:port (instead of REST)")
+    parser.add_argument("--api-key", default=os.environ.get("DITSERVE_API_KEY"), help="default: $DITSERVE_API_KEY")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate")
+    target = gen.add_mutually_exclusive_group(required=True)
+    target.add_argument("--prompt")
+    target.add_argument("--class-label", type=int)
+    for name, kind in (("--steps", int), ("--seed", int), ("--num-images", int), ("--guidance-scale", float)):
+        gen.add_argument(name, type=kind)
+    gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
+    sub.add_parser("models")
+    args = parser.parse_args(argv)
+    client = GrpcClient(args.grpc, args.api_key) if args.grpc else RestClient(args.url, args.api_key)
+    try:
+        if args.command == "models":
+            print(json.dumps(client.models(), indent=1, default=str))
+            return 0
+        fields = {
+            k: v
+            for k in ("prompt", "class_label", "steps", "seed", "num_images", "guidance_scale")
+            if (v := getattr(args, k)) is not None
+        }
+        result = client.generate(**fields)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        many = len(result["images"]) > 1
+        for image in result["images"]:
+            path = out.with_name(f"{out.stem}-{image['seed']}{out.suffix}") if many else out
+            path.write_bytes(image["data"])
+            print(path)
+        print(json.dumps(result["stats"]))
+        return 0
+    except ServerError as err:
+        print(f"ditserve client: {err}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

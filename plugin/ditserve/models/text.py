@@ -1,0 +1,72 @@
+"""What the text-conditioned families (pixart, sd3, flux, wan) share.
+
+Each loads a whole diffusers pipeline from its local directory and keeps it, so that prompts are
+encoded by the pipeline's own `encode_prompt` (its tokenizers, truncation, padding and pooling) and
+every default that shapes the result (`max_sequence_length`, ...) is read from the pipeline's
+`__call__` signature rather than copied here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ditserve.errors import PlanError
+from ditserve.models.base import FamilyAdapter, LoadedModel, read_json
+
+
+def load_pipeline(adapter: FamilyAdapter, path: Path, classes: tuple[str, ...], dtype: torch.dtype, device):
+    """The pipeline in `path` (the layout `save_pretrained` writes), if its class is one of `classes`."""
+    import diffusers
+
+    name = read_json(path / "model_index.json").get("_class_name")
+    if name is None:
+        raise PlanError(
+            f"{path} has no model_index.json: family {adapter.family!r} loads a whole diffusers pipeline "
+            f"directory ({' or '.join(classes)}), as `pipeline.save_pretrained` writes it"
+        )
+    if name not in classes:
+        raise PlanError(
+            f"{path} holds a {name}, which family {adapter.family!r} cannot run; it runs {', '.join(classes)} "
+            "(set `model.family` to the checkpoint's family)"
+        )
+    pipe = getattr(diffusers, name).from_pretrained(path, dtype=dtype, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    return pipe.to(device)
+
+
+def loaded(adapter: FamilyAdapter, pipe, path: Path, dtype: torch.dtype, device) -> LoadedModel:
+    """A `LoadedModel` over a pipeline: its transformer, its scheduler's config, the pipeline as a component."""
+    return LoadedModel(
+        adapter=adapter,
+        transformer=pipe.transformer,
+        scheduler_config=read_json(path / "scheduler" / "scheduler_config.json") or dict(pipe.scheduler.config),
+        path=path,
+        device=torch.device(device),
+        dtype=dtype,
+        components={"pipeline": pipe, "vae": pipe.vae},
+    )
+
+
+def call_default(pipe, name: str) -> Any:
+    """The default the pipeline's `__call__` gives argument `name` (what a plain `pipe(prompt)` uses)."""
+    return inspect.signature(type(pipe).__call__).parameters[name].default
+
+
+def distinct(prompts: list[str | int], device) -> tuple[list[str], torch.Tensor]:
+    """The distinct prompts (each is encoded once), and for each image the index of its prompt."""
+    texts = [str(p) for p in prompts]
+    unique = list(dict.fromkeys(texts))
+    return unique, torch.tensor([unique.index(p) for p in texts], device=device)
+
+
+def batch_timestep(t: torch.Tensor, batch: int, device) -> torch.Tensor:
+    """The scheduler timestep `t` (0-d, or one per image) as one value per batch row."""
+    t = t.to(device)
+    return t.reshape(-1).expand(batch) if t.numel() == 1 else t

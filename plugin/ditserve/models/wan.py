@@ -1,0 +1,103 @@
+"""The `wan` family: Wan 2.1 / 2.2 text-to-video (`WanTransformer3DModel`) making one-frame videos, i.e. images.
+
+What differs: latents are video-shaped, (C, frames, H/8, W/8) with one latent frame, and the decoded
+video's only frame is the image; the text encoder is UMT5, whose embeddings the pipeline cuts at the
+prompt's length and pads with zeros (no attention mask reaches the transformer); the transformer takes
+the scheduler's timestep as it is, per token for Wan 2.2 TI2V (`expand_timesteps`); decoding first
+un-normalises the latents per channel (`latents * latents_std + latents_mean`, the VAE config's lists).
+The unconditional prompt is the empty one. Wan 2.2's two-expert checkpoints (`transformer_2`,
+`boundary_ratio`) are refused at load: they switch transformers mid-schedule, which the one block list
+of an adapter cannot describe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ditserve.errors import PlanError
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument
+from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
+
+
+class WanAdapter(FamilyAdapter):
+    """Wan (Wan Team, 2025) text-to-video as a text-to-image model, as diffusers implements it."""
+
+    family = "wan"
+    conditioning = "text"
+
+    def load(self, path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+        pipe = load_pipeline(self, path, ("WanPipeline",), dtype, device)
+        if pipe.transformer is None or pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None:
+            raise PlanError(
+                f"{path} is a two-expert Wan 2.2 checkpoint (transformer_2 / boundary_ratio), which family 'wan' "
+                "does not run; use a one-transformer Wan checkpoint (Wan 2.1 T2V, Wan 2.2 TI2V-5B)"
+            )
+        return loaded(self, pipe, path, dtype, device)
+
+    def block_groups(self, transformer: nn.Module) -> list[BlockGroup]:
+        return [BlockGroup("blocks", transformer.blocks)]
+
+    def modulated_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        # A Wan block modulates with its own table plus the shared timestep projection `temb`:
+        # (batch, 6, dim), or per token (batch, tokens, 6, dim) for Wan 2.2 TI2V. As `WanTransformerBlock`.
+        x = block_argument(block, "hidden_states", args, kwargs)
+        temb = block_argument(block, "temb", args, kwargs).float()
+        if temb.ndim == 4:
+            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb).chunk(6, dim=2)[:2]
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (block.scale_shift_table + temb).chunk(6, dim=1)[:2]
+        return (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+
+    def default_size(self, model: LoadedModel) -> tuple[int, int]:
+        pipe = model.components["pipeline"]
+        return call_default(pipe, "height"), call_default(pipe, "width")
+
+    def size_multiple(self, model: LoadedModel) -> int:
+        patch = model.transformer.config.patch_size
+        return model.components["pipeline"].vae_scale_factor_spatial * max(patch[1], patch[2])
+
+    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
+        factor = model.components["pipeline"].vae_scale_factor_spatial
+        return model.transformer.config.in_channels, 1, height // factor, width // factor
+
+    def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
+        pipe = model.components["pipeline"]
+        unique, index = distinct(prompts, model.device)
+        embeds, null_embeds = pipe.encode_prompt(
+            prompt=unique,
+            negative_prompt="",
+            do_classifier_free_guidance=guidance,
+            max_sequence_length=call_default(pipe, "max_sequence_length"),
+            device=model.device,
+        )
+        cond = {"encoder_hidden_states": embeds[index].to(model.dtype)}
+        if not guidance:
+            return Conditioning(cond)
+        return Conditioning(cond, {"encoder_hidden_states": null_embeds[index].to(model.dtype)})
+
+    def _timestep(self, model: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not model.components["pipeline"].config.expand_timesteps:
+            return batch_timestep(t, x.shape[0], x.device)
+        # Wan 2.2 TI2V: one timestep per latent token (all equal in text-to-video), as the pipeline builds it.
+        mask = torch.ones(x.shape[2:], dtype=torch.float32, device=x.device)
+        return (mask[:, ::2, ::2] * t.to(x.device)).flatten().unsqueeze(0).expand(x.shape[0], -1)
+
+    def predict(self, model: LoadedModel, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        return model.transformer(
+            hidden_states=x.to(model.dtype),
+            timestep=self._timestep(model, x, t),
+            encoder_hidden_states=kwargs["encoder_hidden_states"],
+            return_dict=False,
+        )[0]
+
+    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(x.device, vae.dtype)
+        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(x.device, vae.dtype)
+        video = vae.decode(x.to(vae.dtype) / inverse_std + mean, return_dict=False)[0]
+        return video[:, :, 0].float()

@@ -1,0 +1,294 @@
+"""The scheduler: one bounded queue in front of one engine, shared by every transport.
+
+Requests are validated when they are submitted (so a bad one costs no model work and never waits),
+admitted only while fewer than `max_queue` are waiting or running (else `QueueFull`, which
+transports turn into 429 / RESOURCE_EXHAUSTED), and run by one worker thread. The worker packs
+compatible requests (same `Job.batch_key`: steps, size, guidance, sampler) into one model call of at
+most `batch_images` images, waiting up to `batch_wait_ms` for company.
+
+Bit-identity: CPU and GPU matrix products round differently for different batch shapes, so an
+image computed next to others can differ in the last bits from the same image computed alone. With
+`pad_batches` every batched call is padded with filler images to exactly `batch_images`, so every
+image of an admitted request runs through the same shapes whatever its batch-mates are; its pixels
+depend only on its own request and seed (rows of a fixed-shape product do not mix). The price is
+compute when the server is idle; benchmarks/serving.py measures it.
+
+Cancellation: each ticket has its own cancel flag and deadline. At every step boundary the worker
+resolves tickets whose client gave up (their callers get `Cancelled` at once) and stops the model
+call when no ticket in the batch still wants it — within one step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ditserve.config import ServeLimits
+from ditserve.engine import Engine, Job
+from ditserve.errors import Cancelled
+from ditserve.request import GenerationRequest, GenerationResult, ProgressEvent
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The server already holds `max_queue` requests; retry later."""
+
+
+class ShuttingDown(RuntimeError):
+    """The server is draining for shutdown and takes no new requests."""
+
+
+@dataclass
+class Update:
+    """Progress of one ticket: after `step` of `total`; `previews` are its images so far, in [0, 1]."""
+
+    step: int
+    total: int
+    elapsed: float
+    previews: torch.Tensor | None = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request: its validated job, its deadline and cancel flag, and the future of its result."""
+
+    request: GenerationRequest
+    job: Job
+    deadline: float | None
+    """`time.monotonic()` after which the request is cancelled."""
+    on_progress: Callable[[Update], None] | None = None
+    preview_every: int = 0
+    """Attach previews to every k-th step's update (0: never)."""
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def images(self) -> int:
+        return len(self.job.seeds)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        return self.future.result(timeout)
+
+
+class SchedulerHooks:
+    """What the scheduler reports (metrics override these); the base does nothing."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def batch_started(self, images: int, padded: int, waits: list[float]) -> None: ...
+
+    def step_done(self, seconds: float) -> None: ...
+
+    def batch_done(self, result: GenerationResult) -> None: ...
+
+
+class _BatchCancel:
+    """The engine's cancel flag for a batch: set once no ticket in it still wants the result."""
+
+    def __init__(self, live: dict[Ticket, bool]) -> None:
+        self._live = live
+
+    def is_set(self) -> bool:
+        return not any(self._live.values())
+
+
+class Scheduler:
+    """Admits, batches and runs requests on one engine, one batch at a time, on its own thread."""
+
+    def __init__(self, engine: Engine, limits: ServeLimits | None = None, hooks: SchedulerHooks | None = None) -> None:
+        self.engine = engine
+        self.limits = limits or engine.config.limits
+        self.hooks = hooks or SchedulerHooks()
+        self._queue: collections.deque[Ticket] = collections.deque()
+        self._admitted = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="ditserve-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def admitted(self) -> int:
+        """Requests waiting or running."""
+        return self._admitted
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Update], None] | None = None,
+        preview_every: int = 0,
+    ) -> Ticket:
+        """Validate and admit a request; raises `RequestError`, `QueueFull` or `ShuttingDown`.
+
+        The deadline is the earlier of `timeout_s` from now and the model's `limits.timeout_s`.
+        """
+        job = self.engine.validate(request)
+        if request.seed is None:  # fix the drawn seed, so the result names the seeds that made it
+            request = request.model_copy(update={"seed": job.seeds[0]})
+        limit = self.limits.timeout_s if timeout_s is None else min(timeout_s, self.limits.timeout_s)
+        ticket = Ticket(request, job, time.monotonic() + limit, on_progress, max(0, preview_every))
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
+            if self._admitted >= self.limits.max_queue:
+                raise QueueFull(f"the queue is full ({self.limits.max_queue} requests waiting or running); retry later")
+            self._admitted += 1
+            self._queue.append(ticket)
+            self.hooks.queue_depth(len(self._queue))
+            self._cond.notify_all()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop a ticket: at once if it still waits, at the next step boundary if it runs."""
+        ticket.cancelled.set()
+        with self._cond:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+                self._finish(ticket, exception=Cancelled(0, "cancelled"))
+                self.hooks.queue_depth(len(self._queue))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new requests, let admitted ones finish, stop the worker; True if it drained in time."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _finish(self, ticket: Ticket, result: GenerationResult | None = None, exception: BaseException | None = None):
+        """Resolve a ticket once (caller holds no engine lock; the admitted count drops here)."""
+        if ticket.future.done():
+            return
+        with self._cond:
+            self._admitted -= 1
+        if exception is not None:
+            ticket.future.set_exception(exception)
+        else:
+            ticket.future.set_result(result)
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _next_batch(self) -> list[Ticket] | None:
+        """The oldest ticket plus compatible ones, up to `batch_images`, waiting up to `batch_wait_ms`."""
+        cap, wait = self.limits.batch_images, self.limits.batch_wait_ms / 1000
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch, images = [first], first.images
+            until = time.monotonic() + wait
+            while images < cap:
+                for ticket in list(self._queue):
+                    if ticket.job.batch_key == first.job.batch_key and images + ticket.images <= cap:
+                        self._queue.remove(ticket)
+                        batch.append(ticket)
+                        images += ticket.images
+                left = until - time.monotonic()
+                if images >= cap or left <= 0 or self._closing:
+                    break
+                self._cond.wait(left)
+            self.hooks.queue_depth(len(self._queue))
+        return batch
+
+    def _fillers(self, batch: list[Ticket]) -> list[GenerationRequest]:
+        """Requests that pad the batch to exactly `batch_images` images (their images are discarded)."""
+        cap, images = self.limits.batch_images, sum(t.images for t in batch)
+        if not self.limits.pad_batches or images >= cap:
+            return []
+        fillers, missing = [], cap - images
+        while missing:
+            n = min(missing, self.limits.max_batch)
+            fillers.append(batch[0].request.model_copy(update={"num_images": n, "seed": 0}))
+            missing -= n
+        return fillers
+
+    def _run(self, batch: list[Ticket]) -> None:
+        now = time.monotonic()
+        live = {}
+        for ticket in batch:
+            if ticket.cancelled.is_set() or ticket.expired(now):
+                reason = "cancelled" if ticket.cancelled.is_set() else "deadline exceeded"
+                self._finish(ticket, exception=Cancelled(0, reason))
+            else:
+                live[ticket] = True
+        if not live:
+            return
+        batch = list(live)
+        fillers = self._fillers(batch)
+        self.hooks.batch_started(sum(t.images for t in batch), len(fillers), [now - t.submitted for t in batch])
+        offsets, start = {}, 0
+        for ticket in batch:
+            offsets[ticket] = (start, start + ticket.images)
+            start += ticket.images
+        last = [time.perf_counter()]
+
+        def on_progress(event: ProgressEvent) -> None:
+            tick = time.perf_counter()
+            self.hooks.step_done(tick - last[0])
+            last[0] = tick
+            now = time.monotonic()
+            for ticket in batch:
+                if not live[ticket]:
+                    continue
+                if ticket.cancelled.is_set() or ticket.expired(now):
+                    live[ticket] = False
+                    reason = "cancelled" if ticket.cancelled.is_set() else "deadline exceeded"
+                    self._finish(ticket, exception=Cancelled(event.step, reason))
+                elif ticket.on_progress is not None:
+                    self._report(ticket, event, offsets[ticket])
+
+        try:
+            results = self.engine.generate_batch(
+                [t.request for t in batch] + fillers, on_progress=on_progress, cancel=_BatchCancel(live)
+            )
+        except Cancelled as err:
+            for ticket in batch:
+                self._finish(ticket, exception=err)
+            return
+        except Exception as err:  # one failed batch fails its requests only; the engine has reset its state
+            log.exception("batch of %d requests failed", len(batch))
+            for ticket in batch:
+                self._finish(ticket, exception=err)
+            return
+        self.hooks.batch_done(results[0])
+        for ticket, result in zip(batch, results, strict=False):
+            stats = replace(result.stats, seconds={**result.stats.seconds, "queue": now - ticket.submitted})
+            self._finish(ticket, replace(result, stats=stats))
+
+    def _report(self, ticket: Ticket, event: ProgressEvent, span: tuple[int, int]) -> None:
+        previews = None
+        k = ticket.preview_every
+        if k and (event.step % k == 0 or event.step == event.total):
+            engine = self.engine
+            latents = event.latents[span[0] : span[1]]
+            previews = ((engine.adapter.decode(engine.model, latents) + 1) / 2).clamp(0, 1).cpu()
+        try:
+            ticket.on_progress(Update(event.step, event.total, event.elapsed, previews))
+        except Exception:  # a broken listener must not stop the batch
+            log.exception("progress listener failed")

@@ -1,0 +1,270 @@
+"""The gRPC API (`ditserve.v1.DiffusionService`) on a grpc.aio server with its own thread and event loop.
+
+BentoML 1.4 has no gRPC for `@bentoml.service`, so the service starts this server over the same
+`Runtime` (engine, scheduler, metrics): limits, queue and batching are shared with REST. Standard
+health checking reports NOT_SERVING until warm-up is done and again while draining; reflection is on.
+A client that cancels, disconnects or passes its deadline has its request cancelled at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ditserve.request import GenerationRequest
+from ditserve.serving.auth import ApiKeyInterceptor
+from ditserve.serving.runtime import Runtime
+from ditserve.serving.schemas import encode_image, failure
+from ditserve.v1 import diffusion_pb2 as pb
+from ditserve.v1 import diffusion_pb2_grpc as pb_grpc
+
+SERVICE = pb.DESCRIPTOR.services_by_name["DiffusionService"].full_name
+MAX_RECEIVE = 1 << 20
+"""Largest request message (1 MiB): prompts are bounded far below this."""
+MAX_SEND = 256 << 20
+"""Largest response message (256 MiB): a full batch of raw float32 images at the largest size."""
+FORMATS = {pb.IMAGE_FORMAT_UNSPECIFIED: "png", pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_RAW_F32: "raw"}
+
+
+def _number(value):
+    """Struct numbers arrive as floats; integral ones were meant as ints (steps, orders)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def to_request(message: pb.GenerateRequest) -> GenerationRequest:
+    fields = {"num_images": message.num_images or 1}
+    subject = message.WhichOneof("subject")
+    if subject is not None:
+        fields[subject] = getattr(message, subject)
+    for name in ("steps", "guidance_scale", "seed", "height", "width"):
+        if message.HasField(name):
+            fields[name] = getattr(message, name)
+    if message.HasField("sampler"):
+        extra = {k: _number(v) for k, v in json_format.MessageToDict(message.sampler.fields).items()}
+        fields["sampler"] = {"name": message.sampler.name, **extra}
+    return GenerationRequest(**fields)
+
+
+def to_image(image_json: dict) -> pb.Image:
+    import base64
+
+    return pb.Image(
+        data=base64.b64decode(image_json["b64"]),
+        mime_type=image_json["mime_type"],
+        seed=image_json["seed"],
+        channels=image_json["channels"],
+        height=image_json["height"],
+        width=image_json["width"],
+    )
+
+
+def to_response(model: str, result, fmt: str) -> pb.GenerateResponse:
+    s = result.stats
+    stats = pb.Stats(
+        steps=s.steps,
+        batch_size=s.batch_size,
+        model_evaluations=s.model_evaluations,
+        block_evaluations=s.block_evaluations,
+        block_evaluations_full=s.block_evaluations_full,
+        seconds=s.seconds,
+    )
+    images = [to_image(encode_image(i, seed, fmt)) for i, seed in zip(result.images, result.seeds, strict=True)]
+    return pb.GenerateResponse(model=model, images=images, stats=stats)
+
+
+class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
+    """Translates protobuf to `GenerationRequest` and back; the runtime's scheduler does the work."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def _fail(self, context, err: BaseException):
+        f = failure(err)
+        self.runtime.metrics_count("grpc", f.status)
+        await context.abort(getattr(grpc.StatusCode, f.grpc), f.message)
+
+    def _submit(self, request: pb.GenerateRequest, context, **options):
+        remaining = context.time_remaining()
+        return self.runtime.submit(to_request(request), request.model or None, timeout_s=remaining, **options)
+
+    async def Generate(self, request, context):
+        try:
+            ticket = self._submit(request, context)
+        except Exception as err:  # refused before any work: its status, counted
+            return await self._fail(context, err)
+        try:
+            result = await asyncio.wrap_future(ticket.future)
+        except asyncio.CancelledError:  # the client cancelled, disconnected or ran out of time
+            self.runtime.scheduler.cancel(ticket)
+            self.runtime.metrics_count("grpc", "cancelled")
+            raise
+        except Exception as err:  # failed while running: its status, counted
+            return await self._fail(context, err)
+        self.runtime.metrics_count("grpc", "ok")
+        return to_response(self.runtime.name, result, FORMATS.get(request.format, "png"))
+
+    async def GenerateStream(self, request, context):
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def on_progress(update) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        try:
+            ticket = self._submit(request, context, on_progress=on_progress, preview_every=request.preview_every)
+        except Exception as err:  # refused before any work: its status, counted
+            await self._fail(context, err)
+            return
+        future = asyncio.wrap_future(ticket.future)
+        try:
+            while not (future.done() and updates.empty()):
+                getter = asyncio.ensure_future(updates.get())
+                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    continue
+                u = getter.result()
+                previews = [] if u.previews is None else [to_image(encode_image(p, 0, "png")) for p in u.previews]
+                yield pb.GenerateEvent(
+                    progress=pb.Progress(step=u.step, total=u.total, elapsed_s=u.elapsed, previews=previews)
+                )
+            try:
+                result = future.result()
+            except Exception as err:  # failed while running: its status, counted
+                await self._fail(context, err)
+                return
+            self.runtime.metrics_count("grpc", "ok")
+            yield pb.GenerateEvent(result=to_response(self.runtime.name, result, FORMATS.get(request.format, "png")))
+        except asyncio.CancelledError:
+            self.runtime.scheduler.cancel(ticket)
+            self.runtime.metrics_count("grpc", "cancelled")
+            raise
+
+    def _model_info(self) -> pb.ModelInfo:
+        info = self.runtime.describe()
+        limits = self.runtime.config.limits
+        strategies = [
+            pb.StrategyInfo(
+                kind=s["kind"],
+                name=s["name"],
+                about=s["about"],
+                active=s["active"],
+                fields=[
+                    pb.StrategyField(name=f["name"], type=f["type"], doc=f["doc"], default_json=_json(f["default"]))
+                    for f in s["fields"]
+                ],
+            )
+            for s in self.runtime.strategies()
+        ]
+        message = pb.ModelInfo(
+            name=self.runtime.name,
+            family=self.runtime.config.model.family,
+            conditioning=info.get("conditioning", ""),
+            labels={int(k): v for k, v in info.get("labels", {}).items()},
+            default_size=info.get("default_size", []),
+            strategies=strategies,
+            limits=pb.Limits(
+                max_steps=limits.max_steps,
+                max_batch=limits.max_batch,
+                max_side=limits.max_side,
+                max_prompt_chars=limits.max_prompt_chars,
+                max_queue=limits.max_queue,
+                timeout_s=limits.timeout_s,
+                allow_overrides=limits.allow_overrides,
+            ),
+        )
+        message.plan.update(self.runtime.config.plan.model_dump(mode="json"))
+        return message
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[self._model_info()])
+
+    async def GetModel(self, request, context):
+        if request.name and request.name != self.runtime.name:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is not served here; try {self.runtime.name!r}"
+            )
+        return self._model_info()
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, default=str)
+
+
+class GrpcServer:
+    """A grpc.aio server on its own thread and event loop, over a `Runtime`."""
+
+    def __init__(self, runtime: Runtime, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.runtime, self.host, self.port = runtime, host, port
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ditserve-grpc", daemon=True)
+
+    def start(self) -> int:
+        """Start serving (NOT_SERVING until `set_serving(True)`); returns the bound port."""
+        self._thread.start()
+        self._started.wait(30)
+        if self._error is not None:
+            raise RuntimeError(f"gRPC server could not bind {self.host}:{self.port}: {self._error}")
+        return self.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as err:  # reported by start()
+            self._error = err
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+
+    async def _serve(self) -> None:
+        def refused(method: str) -> None:
+            if method.endswith(("/Generate", "/GenerateStream")):  # generation requests are the counted ones
+                self.runtime.metrics_count("grpc", "unauthenticated")
+
+        interceptor = ApiKeyInterceptor(self.runtime, refused)
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
+        )
+        pb_grpc.add_DiffusionServiceServicer_to_server(DiffusionServicer(self.runtime), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.port == 0:
+            raise OSError("port in use")
+        await self._set(False)
+        await server.start()
+        self._server = server
+
+    async def _set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", status)
+        await self._health.set(SERVICE, status)
+
+    def set_serving(self, serving: bool) -> None:
+        asyncio.run_coroutine_threadsafe(self._set(serving), self.loop).result(10)
+
+    def stop(self, grace: float = 60.0) -> None:
+        """NOT_SERVING, refuse new calls, let running ones finish (up to `grace` seconds), stop the thread."""
+        if self._server is None:
+            return
+        self.set_serving(False)
+        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self.loop).result(grace + 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,252 @@
+"""The REST API as a Starlette app, mounted into the BentoML service: generate, stream, tasks, listings.
+
+Every generation request is counted once in `ditserve_requests_total{transport="http",status=...}`.
+A client that disconnects while its request waits or runs has the request cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ditserve.errors import Cancelled
+from ditserve.serving.auth import key_from
+from ditserve.serving.runtime import Runtime
+from ditserve.serving.schemas import GenerateBody, encode_image, failure, result_json
+
+MAX_BODY_BYTES = 1 << 20
+"""Largest accepted request body (1 MiB): prompts are bounded far below this."""
+
+PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, kind: str, field: str | None = None) -> None:
+        self.status, self.message, self.kind, self.field = status, message, kind, field
+
+
+def error_response(err: BaseException) -> tuple[JSONResponse, str]:
+    if isinstance(err, HttpError):
+        body = {"error": {"status": err.kind, "field": err.field, "message": err.message}}
+        return JSONResponse(body, err.status), err.kind
+    f = failure(err)
+    return JSONResponse(f.json(), f.http), f.status
+
+
+async def read_body(request: Request, model=GenerateBody):
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise HttpError(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid")
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as err:
+        raise HttpError(400, f"body is not JSON: {err}", "invalid") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "body must be a JSON object", "invalid")
+    return model.model_validate(data)
+
+
+def authorize(runtime: Runtime, request: Request) -> None:
+    if not runtime.check_key(key_from(request.headers)):
+        raise HttpError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", "unauthenticated")
+
+
+async def wait_for(runtime: Runtime, request: Request, ticket):
+    """The ticket's result; cancels it if the client disconnects first."""
+    future = asyncio.wrap_future(ticket.future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.2)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                runtime.scheduler.cancel(ticket)
+    finally:
+        if not ticket.future.done():
+            runtime.scheduler.cancel(ticket)
+
+
+def build_app(runtime: Runtime) -> Starlette:
+    def counted(handler):
+        """Authorize, run, map errors to statuses, count the outcome once."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                authorize(runtime, request)
+                response = await handler(request)
+                status = "ok"
+            except Exception as err:  # every failure is answered and counted, never a bare 500
+                response, status = error_response(err)
+            runtime.metrics_count("http", status)
+            return response
+
+        return endpoint
+
+    def guarded(handler):
+        """Authorize and map errors, uncounted (listings, task status)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                authorize(runtime, request)
+                return await handler(request)
+            except Exception as err:  # answered with its status, never a bare 500
+                return error_response(err)[0]
+
+        return endpoint
+
+    async def generate(request: Request) -> Response:
+        body = await read_body(request)
+        if body.format == "png" and body.num_images != 1:
+            raise HttpError(
+                400, "format 'png' returns one image; ask for num_images 1 or use 'json'", "invalid", "format"
+            )
+        ticket = runtime.submit(body.to_request(), body.model, timeout_s=body.timeout_s)
+        result = await wait_for(runtime, request, ticket)
+        if body.format == "png":
+            png = base64.b64decode(encode_image(result.images[0], result.seeds[0], "png")["b64"])
+            return Response(png, media_type="image/png", headers={"x-seed": str(result.seeds[0])})
+        return JSONResponse(result_json(runtime.name, result, body.format))
+
+    async def stream(request: Request) -> Response:
+        body = await read_body(request)
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def on_progress(update) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        ticket = runtime.submit(
+            body.to_request(),
+            body.model,
+            timeout_s=body.timeout_s,
+            on_progress=on_progress,
+            preview_every=body.preview_every,
+        )
+        future = asyncio.wrap_future(ticket.future)
+        fmt = "raw" if body.format == "raw" else "json"
+
+        async def events():
+            try:
+                while not (future.done() and updates.empty()):
+                    getter = asyncio.ensure_future(updates.get())
+                    done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        continue
+                    u = getter.result()
+                    event = {"step": u.step, "total": u.total, "elapsed_s": round(u.elapsed, 4)}
+                    if u.previews is not None:
+                        event["previews"] = [encode_image(p, 0, "png")["b64"] for p in u.previews]
+                    yield f"event: progress\ndata: {json.dumps(event)}\n\n"
+                try:
+                    result = future.result()
+                except Exception as err:  # any failure of the request is reported as its status
+                    f = failure(err)
+                    runtime.metrics_count("http", f.status)
+                    yield f"event: error\ndata: {json.dumps(f.json())}\n\n"
+                    return
+                runtime.metrics_count("http", "ok")
+                yield f"event: result\ndata: {json.dumps(result_json(runtime.name, result, fmt))}\n\n"
+            finally:
+                if not ticket.future.done():
+                    runtime.scheduler.cancel(ticket)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    async def stream_endpoint(request: Request) -> Response:
+        """Counted when the stream ends (in `events`), or here when the request is refused up front."""
+        try:
+            authorize(runtime, request)
+            return await stream(request)
+        except Exception as err:  # every failure is answered and counted, never a bare 500
+            response, status = error_response(err)
+            runtime.metrics_count("http", status)
+            return response
+
+    async def submit_task(request: Request) -> Response:
+        body = await read_body(request)
+        ticket = runtime.submit(body.to_request(), body.model, timeout_s=body.timeout_s)
+        task = runtime.add_task(ticket, "raw" if body.format == "raw" else "json")
+        return JSONResponse({"id": task.id, "status": task.status}, 202)
+
+    def find(request: Request):
+        task = runtime.tasks.get(request.path_params["id"])
+        if task is None:
+            raise HttpError(
+                404, f"no task {request.path_params['id']!r} (finished tasks are kept for a while)", "not_found", "id"
+            )
+        return task
+
+    def task_json(task) -> dict:
+        out = {"id": task.id, "status": task.status, "step": task.step, "total": task.total}
+        if task.ticket.future.done() and task.ticket.future.exception() is not None:
+            err = task.ticket.future.exception()
+            out["error"] = failure(err).json()["error"]
+            if isinstance(err, Cancelled):
+                out["steps_done"] = err.steps_done
+        return out
+
+    async def task_status(request: Request) -> Response:
+        return JSONResponse(task_json(find(request)))
+
+    async def task_result(request: Request) -> Response:
+        task = find(request)
+        if not task.ticket.future.done():
+            return JSONResponse(task_json(task), 202)
+        err = task.ticket.future.exception()
+        if err is not None:
+            raise err
+        return JSONResponse(result_json(runtime.name, task.ticket.future.result(), task.format))
+
+    async def task_cancel(request: Request) -> Response:
+        task = find(request)
+        runtime.scheduler.cancel(task.ticket)
+        with contextlib.suppress(Exception):  # answer once the work has really stopped (within one step)
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(task.ticket.future)), 30)
+        return JSONResponse(task_json(task))
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"models": [runtime.describe()]})
+
+    async def model(request: Request) -> Response:
+        if request.path_params["name"] != runtime.name:
+            raise HttpError(
+                404,
+                f"model {request.path_params['name']!r} is not served here; try {runtime.name!r}",
+                "not_found",
+                "name",
+            )
+        return JSONResponse(runtime.describe())
+
+    async def strategies(request: Request) -> Response:
+        return JSONResponse({"strategies": runtime.strategies()})
+
+    async def playground(request: Request) -> Response:
+        return HTMLResponse(PLAYGROUND.read_text())
+
+    from ditserve.serving.openai import images_generations, list_models
+
+    routes = [
+        Route("/generate", counted(generate), methods=["POST"]),
+        Route("/generate/stream", stream_endpoint, methods=["POST"]),
+        Route("/tasks", counted(submit_task), methods=["POST"]),
+        Route("/tasks/{id}", guarded(task_status), methods=["GET"]),
+        Route("/tasks/{id}/result", guarded(task_result), methods=["GET"]),
+        Route("/tasks/{id}/cancel", guarded(task_cancel), methods=["POST"]),
+        Route("/models", guarded(models), methods=["GET"]),
+        Route("/models/{name}", guarded(model), methods=["GET"]),
+        Route("/strategies", guarded(strategies), methods=["GET"]),
+        Route("/v1/images/generations", counted(images_generations(runtime, wait_for, read_body)), methods=["POST"]),
+        Route("/v1/models", guarded(list_models(runtime)), methods=["GET"]),
+        Route("/playground", playground, methods=["GET"]),
+        Route("/", lambda request: RedirectResponse("/playground"), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)

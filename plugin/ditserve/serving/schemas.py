@@ -1,0 +1,134 @@
+"""REST request and response bodies, and the error each failure becomes on each transport.
+
+The request body is `GenerationRequest`'s fields plus transport options (model, format, previews,
+timeout); numbers are bounded here as well as by the model's limits, which the engine checks.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ditserve.errors import Cancelled, RequestError
+from ditserve.images import to_pil, to_png
+from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult
+from ditserve.scheduler import QueueFull, ShuttingDown
+
+
+class GenerateBody(BaseModel):
+    """`POST /generate` and `/generate/stream`, `/tasks`: what to draw and how to return it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str | None = Field(None, max_length=64)
+    """The served model's name (optional: a server serves one model)."""
+    prompt: str | None = Field(None, max_length=100_000)
+    class_label: int | None = Field(None, ge=0, le=2**31 - 1)
+    steps: int | None = Field(None, ge=1, le=100_000)
+    guidance_scale: float | None = Field(None, ge=0.0, le=100.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    num_images: int = Field(1, ge=1, le=100_000)
+    height: int | None = Field(None, ge=1, le=100_000)
+    width: int | None = Field(None, ge=1, le=100_000)
+    sampler: dict[str, Any] | None = None
+    """Override of the plan's sampler, `{"name": ..., fields}`, where the model config allows it."""
+    format: Literal["json", "png", "raw"] = "json"
+    """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
+    preview_every: int = Field(0, ge=0, le=100_000)
+    """Streaming: a preview image every k steps (0: none)."""
+    timeout_s: float | None = Field(None, gt=0, le=86_400)
+    """Give up after this many seconds (capped by the model's `timeout_s`)."""
+
+    def to_request(self) -> GenerationRequest:
+        fields = self.model_dump(exclude={"model", "format", "preview_every", "timeout_s"})
+        return GenerationRequest(**fields)
+
+
+def encode_image(image: torch.Tensor, seed: int, fmt: str) -> dict:
+    """One (C, H, W) image in [0, 1] as JSON: PNG or exact float32 bytes, base64."""
+    c, h, w = image.shape
+    if fmt == "raw":
+        data, mime = image.contiguous().numpy().astype("<f4").tobytes(), "application/x-float32"
+    else:
+        data, mime = to_png(to_pil(image[None])[0]), "image/png"
+    return {
+        "seed": seed,
+        "mime_type": mime,
+        "channels": c,
+        "height": h,
+        "width": w,
+        "b64": base64.b64encode(data).decode(),
+    }
+
+
+def stats_json(result: GenerationResult) -> dict:
+    s = result.stats
+    return {
+        "steps": s.steps,
+        "batch_size": s.batch_size,
+        "model_evaluations": s.model_evaluations,
+        "block_evaluations": s.block_evaluations,
+        "block_evaluations_full": s.block_evaluations_full,
+        "seconds": {k: round(v, 6) for k, v in s.seconds.items()},
+    }
+
+
+def result_json(model: str, result: GenerationResult, fmt: str) -> dict:
+    images = [encode_image(image, seed, fmt) for image, seed in zip(result.images, result.seeds, strict=True)]
+    return {"model": model, "images": images, "stats": stats_json(result)}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failure as both transports report it."""
+
+    http: int
+    grpc: str
+    """A `grpc.StatusCode` name."""
+    status: str
+    """The metrics label."""
+    message: str
+    field: str | None = None
+
+    def json(self) -> dict:
+        return {"error": {"status": self.status, "field": self.field, "message": self.message}}
+
+
+class NotReady(RuntimeError):
+    """The engine is still loading or warming up."""
+
+
+class UnknownModel(LookupError):
+    """A request named a model this server does not serve."""
+
+
+def failure(err: BaseException) -> Failure:
+    """Map an exception raised while admitting or running a request to its status on each transport."""
+    if isinstance(err, RequestError):
+        return Failure(400, "INVALID_ARGUMENT", "invalid", str(err), err.field)
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return Failure(400, "INVALID_ARGUMENT", "invalid", problems, field)
+    if isinstance(err, UnknownModel):
+        return Failure(404, "NOT_FOUND", "not_found", str(err), "model")
+    if isinstance(err, QueueFull):
+        return Failure(429, "RESOURCE_EXHAUSTED", "queue_full", str(err))
+    if isinstance(err, (ShuttingDown, NotReady)):
+        return Failure(503, "UNAVAILABLE", "unavailable", str(err))
+    if isinstance(err, Cancelled):
+        if err.reason == "deadline exceeded":
+            return Failure(504, "DEADLINE_EXCEEDED", "deadline", str(err))
+        return Failure(409, "CANCELLED", "cancelled", str(err))
+    return Failure(
+        500,
+        "INTERNAL",
+        "error",
+        f"the request failed inside the model ({type(err).__name__}: {err}); "
+        "the server reset its state and serves the next request",
+    )

@@ -1,0 +1,43 @@
+"""The process-group layout (xfuser's `tp-sp-pp-cfg-dp`, Ulysses fastest inside sp) and the load-time checks."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import engine_for
+
+from ditserve.errors import ConfigError, PlanError
+from ditserve.parallel.groups import Degrees
+
+
+def test_the_layout_is_xfusers_with_ulysses_fastest_inside_sp():
+    degrees = Degrees(ulysses=2, ring=2, cfg=2)
+    assert degrees.world_size == 8 and degrees.sp == 4
+    assert degrees.group_ranks(("ulysses", "ring")) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert degrees.group_ranks(("ulysses",)) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert degrees.group_ranks(("ring",)) == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert degrees.group_ranks(("cfg",)) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert degrees.coordinates(6) == {"ulysses": 0, "ring": 1, "pipefusion": 0, "cfg": 1, "dp": 0}
+
+
+def test_data_parallel_replicas_are_the_slowest_axis():
+    degrees = Degrees(ulysses=2, dp=2)
+    assert degrees.group_ranks(("dp",)) == [[0, 2], [1, 3]]
+    assert [degrees.rank_of(degrees.coordinates(rank)) for rank in range(4)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("parallel", "reason"),
+    [
+        ({"name": "ulysses", "ulysses": 4}, "does not divide the model's 2 attention heads"),
+        ({"name": "ring", "ring": 32}, "does not divide the 16 image tokens"),
+        ({"name": "usp", "ulysses": 2, "ring": 3}, "ulysses×ring = 6 does not divide the 16 image tokens"),
+    ],
+)
+def test_degrees_the_model_cannot_take_fail_at_load_with_the_reason(tiny_dit_dir, parallel, reason):
+    with pytest.raises(PlanError, match=reason):
+        engine_for(tiny_dit_dir, parallel=parallel)
+
+
+def test_a_degree_out_of_bounds_is_a_config_error(tiny_dit_dir):
+    with pytest.raises(ConfigError, match="cfg"):
+        engine_for(tiny_dit_dir, parallel={"name": "cfg", "cfg": 3})

@@ -1,0 +1,92 @@
+"""A served model whose plan runs 2 ranks answers REST and gRPC like the single-process engine.
+
+Real processes: `ditserve serve` (BentoML + the gRPC server) on loopback ports, which spawns its two
+gloo ranks. Marked slow as well as e2e: starting the server and its ranks takes minutes on the
+shared 2-core machine, more than this area's CI budget allows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import engine_for, save_tiny_dit
+
+from ditserve.request import GenerationRequest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+STARTUP_S = 400
+REQUEST = {"class_label": 4, "steps": 4, "seed": 9, "guidance_scale": 3.0, "format": "raw"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import httpx
+
+    tmp = tmp_path_factory.mktemp("served")
+    model = save_tiny_dit(tmp / "tiny")
+    config = tmp / "model.yaml"
+    config.write_text(
+        f"model: {{name: tiny, path: {model}, family: dit, threads: 1}}\n"
+        "plan: {sampler: {name: ddim, steps: 4},"
+        " parallel: {name: ulysses, ulysses: 2, timeout_s: 30, start_timeout_s: 900}}\n"
+        "limits: {max_side: 8}\n"
+    )
+    port, grpc_port = free_port(), free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True")
+    env.pop("DITSERVE_API_KEY", None)
+    log = tmp / "server.log"
+    command = [sys.executable, "-m", "ditserve.cli", "serve", "--config", str(config), "--port", str(port),
+               "--grpc-port", str(grpc_port), "--warmup-rounds", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
+        yield url, f"127.0.0.1:{grpc_port}", model
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_rest_and_grpc_answer_like_the_single_process_engine(served):
+    from ditserve.client import GrpcClient, RestClient
+
+    url, grpc_target, model = served
+    rest, grpc = RestClient(url), GrpcClient(grpc_target)
+    try:
+        over_rest = rest.generate(**REQUEST)["images"][0]
+        over_grpc = grpc.generate(timeout=120, **REQUEST)["images"][0]
+    finally:
+        rest.close()
+        grpc.close()
+    fields = {k: v for k, v in REQUEST.items() if k != "format"}
+    expected = engine_for(model, sampler={"name": "ddim", "steps": 4}).generate(GenerationRequest(**fields)).images[0]
+    for answer in (over_rest, over_grpc):
+        image = np.frombuffer(answer["data"], dtype=np.float32).reshape(expected.shape)
+        assert np.abs(image - expected.numpy()).max() <= 1e-4

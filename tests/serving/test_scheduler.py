@@ -1,0 +1,138 @@
+"""The scheduler in-process over a tiny random DiT: batching, bit-identity, backpressure, cancellation, faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from ditserve.config import ServeLimits
+from ditserve.errors import Cancelled, RequestError
+from ditserve.request import GenerationRequest
+from ditserve.scheduler import QueueFull, Scheduler, ShuttingDown
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dit_dir):
+    from ditserve.config import parse_config
+    from ditserve.engine import Engine
+
+    torch.set_num_threads(1)
+    model = {"name": "tiny", "path": str(tiny_dit_dir), "family": "dit"}
+    return Engine(parse_config({"model": model, "plan": {"sampler": {"name": "ddim", "steps": 10}}}))
+
+
+def make(engine, **limits) -> Scheduler:
+    base = {"max_queue": 8, "batch_images": 4, "batch_wait_ms": 200.0, "max_batch": 4}
+    return Scheduler(engine, ServeLimits(**{**base, **limits}))
+
+
+def req(seed: int, **fields) -> GenerationRequest:
+    return GenerationRequest(class_label=fields.pop("class_label", 3), seed=seed, **fields)
+
+
+def test_batched_images_are_bit_identical_to_each_request_alone(engine):
+    scheduler = make(engine)
+    try:
+        tickets = [scheduler.submit(req(s)) for s in (1, 2, 3)]
+        together = [t.result(60) for t in tickets]
+        assert {r.stats.batch_size for r in together} == {4}  # three requests + one filler image, one call
+        alone = [scheduler.submit(req(s)).result(60) for s in (1, 2, 3)]
+        for a, b in zip(together, alone, strict=True):
+            assert torch.equal(a.images, b.images)
+    finally:
+        scheduler.close(30)
+
+
+def test_without_padding_batches_have_their_own_shape_and_stay_close_to_alone(engine):
+    """Unpadded, a batch runs at its own size (the shape that may change the last float bits, see the module)."""
+    scheduler = make(engine, pad_batches=False)
+    try:
+        together = [scheduler.submit(req(s)) for s in (1, 2, 3)]
+        batched = together[0].result(60)
+        alone = scheduler.submit(req(1)).result(60)
+        assert batched.stats.batch_size == 3 and alone.stats.batch_size == 1
+        assert (batched.images - alone.images).abs().max() < 1e-4
+    finally:
+        scheduler.close(30)
+
+
+def test_incompatible_requests_do_not_share_a_batch(engine):
+    scheduler = make(engine, pad_batches=False)
+    try:
+        a, b = scheduler.submit(req(1, steps=4)), scheduler.submit(req(2, steps=5))
+        assert a.result(60).stats.batch_size == b.result(60).stats.batch_size == 1
+    finally:
+        scheduler.close(30)
+
+
+def test_validation_happens_at_submit_and_the_queue_is_bounded(engine):
+    scheduler = make(engine, max_queue=2, batch_wait_ms=0.0)
+    try:
+        with pytest.raises(RequestError, match="steps"):
+            scheduler.submit(req(1, steps=10_000))
+        held = [scheduler.submit(req(s, steps=200)) for s in (1, 2)]
+        with pytest.raises(QueueFull, match="2 requests"):
+            scheduler.submit(req(3))
+        for t in held:
+            scheduler.cancel(t)
+        assert scheduler.submit(req(4, steps=2)).result(60).stats.steps == 2
+    finally:
+        scheduler.close(30)
+
+
+def test_cancel_and_deadline_stop_within_one_step(engine):
+    scheduler = make(engine, batch_wait_ms=0.0)
+    try:
+        seen = []
+        ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
+        while len(seen) < 3:
+            time.sleep(0.005)
+        blocks = engine.block_counter.count
+        scheduler.cancel(ticket)
+        with pytest.raises(Cancelled) as err:
+            ticket.result(30)
+        assert err.value.steps_done < 200
+        assert engine.block_counter.count - blocks <= 2 * 2  # at most the step in progress (2 blocks per step)
+        late = scheduler.submit(req(2, steps=200), timeout_s=0.2)
+        with pytest.raises(Cancelled, match="deadline"):
+            late.result(30)
+    finally:
+        scheduler.close(30)
+
+
+def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
+    """Fault injection (a mock, named as such): an out-of-memory error we cannot cause on this machine."""
+    scheduler = make(engine, batch_wait_ms=0.0)
+    try:
+        fresh = scheduler.submit(req(5)).result(60)
+        real_predict, calls = engine.adapter.predict, []
+
+        def out_of_memory_once(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+            return real_predict(*args, **kwargs)
+
+        monkeypatch.setattr(engine.adapter, "predict", out_of_memory_once)
+        with pytest.raises(torch.OutOfMemoryError):
+            scheduler.submit(req(6)).result(60)
+        again = scheduler.submit(req(5)).result(60)
+        assert torch.equal(again.images, fresh.images)
+    finally:
+        scheduler.close(30)
+
+
+def test_close_drains_admitted_work_and_refuses_new(engine):
+    scheduler = make(engine, batch_wait_ms=0.0)
+    ticket = scheduler.submit(req(1, steps=50))
+    closer = threading.Thread(target=scheduler.close, args=(60,))
+    closer.start()
+    time.sleep(0.01)
+    with pytest.raises(ShuttingDown):
+        scheduler.submit(req(2))
+    assert ticket.result(60).stats.steps == 50
+    closer.join(60)
+    assert not closer.is_alive()

@@ -1,0 +1,131 @@
+"""The battery every cache inherits (in the spirit of diffusers' `CacheTesterMixin`).
+
+A strategy's test module subclasses `CacheBattery` as `TestXxx` and sets `name`, `exact` (settings
+that compute every block) and `skipping` (settings that skip some). Every check runs on tiny random
+models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1), and tiny Flux
+and PixArt transformers through their family adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import ClassVar
+
+import pytest
+import torch
+
+from ditserve.errors import Cancelled, ConfigError
+from ditserve.registry import CACHES
+from ditserve.request import GenerationRequest
+
+from .conftest import FamilyLoop
+
+STEPS = 8
+
+
+def engine_for(path, cache: dict):
+    from ditserve.config import parse_config
+    from ditserve.engine import Engine
+
+    plan = {"cache": cache, "sampler": {"name": "ddim", "steps": STEPS}}
+    return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": "dit"}, "plan": plan}))
+
+
+def request(label: int = 3, seed: int = 1, num_images: int = 2, guidance: float = 4.0, steps: int = STEPS):
+    return GenerationRequest(class_label=label, seed=seed, num_images=num_images, guidance_scale=guidance, steps=steps)
+
+
+class CacheBattery:
+    name: ClassVar[str]
+    exact: ClassVar[dict]
+    """Settings that compute every block: output must be bit-identical to no caching."""
+    skipping: ClassVar[dict]
+    """Settings that skip blocks on the tiny models."""
+    skipping_families: ClassVar[dict[str, dict]] = {}
+    """Per-family settings where `skipping` does not fit there (other block counts, other rates of change)."""
+    exact_families: ClassVar[dict[str, dict]] = {}
+    """Per-family settings where `exact` does not fit there."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def cached(cls, dit4_dir):
+        return engine_for(dit4_dir, {"name": cls.name, **cls.skipping})
+
+    def loop(self, family: str, settings: dict | None) -> FamilyLoop:
+        loop = FamilyLoop(family)
+        if settings is not None:
+            cache = CACHES.get(self.name)(CACHES.parse({"name": self.name, **settings}, "plan.cache"))
+            cache.apply(loop.model)
+            loop.cache = cache
+        return loop
+
+    # -- config and documentation ----------------------------------------------------------------
+
+    def test_registered_with_a_documented_validated_config(self):
+        cls = CACHES.get(self.name)
+        doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").lower()
+        assert "arxiv" in doc or "github" in doc, "the module docstring cites the paper or the code it follows"
+        assert "per batch" in doc or "per sample" in doc, "the docstring says whether decisions are per sample"
+        for field, info in cls.Config.model_fields.items():
+            assert field == "name" or info.description, f"{self.name}.{field} has no docstring"
+        with pytest.raises(ConfigError, match="unknown field"):
+            CACHES.parse({"name": self.name, "no_such_field": 1}, "plan.cache")
+
+    # -- fidelity when nothing is skipped ----------------------------------------------------------
+
+    def test_computing_every_block_is_bit_identical_to_no_cache(self, dit4_dir, uncached):
+        engine = engine_for(dit4_dir, {"name": self.name, **self.exact})
+        result = engine.generate(request())
+        assert result.stats.block_evaluations == result.stats.block_evaluations_full
+        assert torch.equal(result.images, uncached.generate(request()).images)
+
+    @pytest.mark.parametrize("family", ["flux", "pixart"])
+    def test_computing_every_block_is_bit_identical_on(self, family):
+        expected, full = self.loop(family, None).run()
+        got, evaluations = self.loop(family, self.exact_families.get(family, self.exact)).run()
+        assert evaluations == full
+        assert torch.equal(got, expected)
+
+    # -- it skips ----------------------------------------------------------------------------------
+
+    def test_skipping_settings_skip_blocks_with_cfg_and_a_batch(self, cached):
+        for guidance in (4.0, 1.0):  # with and without the [cond; uncond] batch
+            result = cached.generate(request(num_images=3, guidance=guidance))
+            assert result.images.shape[0] == 3 and torch.isfinite(result.images).all()
+            assert 0 < result.stats.block_evaluations < result.stats.block_evaluations_full
+
+    @pytest.mark.parametrize("family", ["flux", "pixart"])
+    def test_fewer_block_evaluations_on(self, family):
+        settings = self.skipping_families.get(family, self.skipping)
+        _, full = self.loop(family, None).run()
+        got, evaluations = self.loop(family, settings).run()
+        assert torch.isfinite(got).all()
+        assert evaluations < full
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def test_a_request_does_not_change_the_next(self, cached):
+        alone = cached.generate(request(label=5, seed=9))
+        cached.generate(request(label=1, seed=2, num_images=1, steps=STEPS - 3))
+        after = cached.generate(request(label=5, seed=9))
+        assert torch.equal(after.images, alone.images)
+        assert after.stats.block_evaluations == alone.stats.block_evaluations
+
+    def test_a_cancelled_request_leaves_nothing_behind(self, cached):
+        alone = cached.generate(request(label=5, seed=9))
+        stop = threading.Event()
+
+        def cancel_at_step_3(event):
+            if event.step == 3:
+                stop.set()
+
+        with pytest.raises(Cancelled):
+            cached.generate(request(label=1, seed=2), on_progress=cancel_at_step_3, cancel=stop)
+        assert torch.equal(cached.generate(request(label=5, seed=9)).images, alone.images)
+
+    def test_remove_restores_the_model(self, dit4_dir, uncached):
+        engine = engine_for(dit4_dir, {"name": self.name, **self.skipping})
+        engine.cache.remove()
+        result = engine.generate(request())
+        assert result.stats.block_evaluations == result.stats.block_evaluations_full
+        assert torch.equal(result.images, uncached.generate(request()).images)

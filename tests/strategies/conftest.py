@@ -1,0 +1,143 @@
+"""Fixtures for the cache battery: a 4-block tiny DiT checkpoint, and tiny random Flux and PixArt
+transformers driven through their family adapters (no pipeline, no text encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def dit4_dir(tmp_path_factory):
+    """A random 4-block class-conditional DiT checkpoint (pixel space, 8x8, one channel)."""
+    import json
+
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    path = tmp_path_factory.mktemp("dit4")
+    torch.manual_seed(0)
+    DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=1,
+        out_channels=1,
+        num_layers=4,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    ).save_pretrained(path / "transformer")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(path / "scheduler")
+    (path / "labels.json").write_text(json.dumps({"id2label": {str(i): f"label{i}" for i in range(10)}}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def uncached(dit4_dir):
+    """The 4-block DiT's engine with no cache: the reference of every bit-identity check."""
+    from .battery import engine_for
+
+    return engine_for(dit4_dir, {"name": "none"})
+
+
+def tiny_flux():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=3,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+
+
+def tiny_pixart():
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=4,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=16,
+        out_channels=4,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    ).eval()
+
+
+class FamilyLoop:
+    """A tiny transformer of one family behind its real adapter, run through a short denoising-like loop
+    (x ← x − 0.1·prediction, timesteps falling) with every block call counted as the engine counts them."""
+
+    def __init__(self, family: str) -> None:
+        from ditserve.engine import BlockCounter
+        from ditserve.models import get_adapter
+        from ditserve.models.base import LoadedModel
+
+        transformer = {"flux": tiny_flux, "pixart": tiny_pixart}[family]()
+        self.family = family
+        self.model = LoadedModel(get_adapter(family), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
+        self.counter = BlockCounter(self.model)
+
+    def model_blocks(self, steps: int) -> int:
+        """Block evaluations of `steps` uncached calls."""
+        return steps * sum(len(g.blocks) for g in self.model.adapter.block_groups(self.model.transformer))
+
+    def inputs(self, batch: int, seed: int) -> tuple[torch.Tensor, dict]:
+        g = torch.Generator().manual_seed(seed)
+        if self.family == "flux":
+            x = torch.randn(batch, 16, 16, generator=g)
+            text = {
+                "encoder_hidden_states": torch.randn(batch, 4, 32, generator=g),
+                "pooled_projections": torch.randn(batch, 32, generator=g),
+                "txt_ids": torch.zeros(4, 3),
+                "img_ids": torch.stack(
+                    torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1
+                ).reshape(-1, 3),
+            }
+            return x, text
+        x = torch.randn(batch, 4, 8, 8, generator=g)
+        text = {
+            "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+        }
+        return x, text
+
+    def run(self, steps: int = 10, batch: int = 2, seed: int = 0, context: bool = False) -> tuple[torch.Tensor, int]:
+        """Final sample and the block evaluations it took. `context` sets diffusers' cache context ("cond")
+        for its own hooks, as its pipelines do (not every transformer has `cache_context`)."""
+        from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+        if context:
+            _set_cache_context(self.model.transformer, CacheContext("cond"))
+        x, text = self.inputs(batch, seed)
+        before = self.counter.count
+        transformer = self.model.transformer
+        with torch.inference_mode():
+            for k in range(steps):
+                t = torch.full((batch,), 999.0 * (1 - k / steps))
+                timestep = t / 1000 if self.family == "flux" else t
+                out = transformer(x, timestep=timestep, return_dict=False, **text)[0]
+                x = x - 0.1 * out
+        return x, self.counter.count - before

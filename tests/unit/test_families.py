@@ -1,0 +1,488 @@
+"""The text-to-image family adapters (pixart, sd3, flux, wan) on tiny random pipelines built here.
+
+Each family's pipeline is built from small configs (1-2 blocks per stack, tiny VAE, tiny CLIP/T5/UMT5
+encoders, tokenizers made from a few lines of text), saved with `save_pretrained`, and loaded back
+through the engine. The engine's images must match the diffusers pipeline's own, run on the same
+initial latents, within float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ditserve.errors import PlanError
+from ditserve.request import GenerationRequest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEXT = [
+    "a photo of a cat sitting on a red mat",
+    "a painting of a dog in the snow",
+    "an astronaut riding a horse on the moon",
+    "the quick brown fox jumps over the lazy dog",
+    "a bowl of fruit on a wooden table",
+    "city lights at night, rain on the street",
+]
+PROMPT = "a cat on the moon"
+SIZE = {"pixart": (32, 48), "sd3": (32, 48), "flux": (32, 48), "flux-dev": (32, 32), "wan": (32, 64)}
+"""(height, width) each family's tests ask for: small, and not square where the family allows it."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Keep to one core: these tests share the machine with training jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- tiny components ---------------------------------------------------------------------------------
+
+
+def clip_tokenizer():
+    """A character-level CLIP BPE tokenizer with a few merges (CLIP's 77-token window)."""
+    from transformers import CLIPTokenizer
+
+    chars = sorted(set("".join(TEXT).replace(" ", "")) | set("abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = [("a", "t</w>"), ("t", "h"), ("th", "e</w>")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def t5_tokenizer():
+    """A T5-style tokenizer: a Unigram model trained on `TEXT`, appending `</s>`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    unigram.train_from_iterator(TEXT * 5, trainer)
+    unigram.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def clip_encoder(tokenizer, hidden: int, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def t5_encoder(tokenizer, d_model: int = 32, umt5: bool = False):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    fields = {
+        "vocab_size": len(tokenizer),
+        "d_model": d_model,
+        "d_ff": 2 * d_model,
+        "d_kv": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "relative_attention_num_buckets": 8,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    return (UMT5EncoderModel(UMT5Config(**fields)) if umt5 else T5EncoderModel(T5Config(**fields))).eval()
+
+
+def image_vae(latent_channels: int, **factors):
+    """A 2-level AutoencoderKL (8x fewer pixels per side is real; 2x keeps the tests small)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        **factors,
+    )
+
+
+def build_pixart():
+    """PixArt-α at `sample_size` 128, so the resolution / aspect-ratio conditions are exercised, learned sigma."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    tokenizer = t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=128,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,  # the size conditions take a third of the width each
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    return PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer),
+        vae=image_vae(4),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def build_sd3():
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
+        out_channels=4,
+        pos_embed_max_size=32,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=image_vae(4, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_encoder(clip, 16, with_projection=True),
+        tokenizer=clip,
+        text_encoder_2=clip_encoder(clip, 16, with_projection=True),
+        tokenizer_2=clip,
+        text_encoder_3=t5_encoder(t5),
+        tokenizer_3=t5,
+    )
+
+
+def build_flux(guidance_embeds: bool):
+    """FLUX.1-schnell-like (no guidance embedding) or FLUX.1-dev-like (guidance-distilled)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=image_vae(4, shift_factor=0.1159, scaling_factor=0.3611),
+        text_encoder=clip_encoder(clip, 32, with_projection=False),
+        tokenizer=clip,
+        text_encoder_2=t5_encoder(t5),
+        tokenizer_2=t5,
+        transformer=transformer,
+    )
+
+
+def build_wan():
+    # The `none` sampler cannot run Wan's shipped UniPCMultistepScheduler (see the report); FlowMatchEuler
+    # is what WanPipeline's signature names and runs here.
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    tokenizer = t5_tokenizer()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer, umt5=True),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+
+
+BUILDERS = {
+    "pixart": build_pixart,
+    "sd3": build_sd3,
+    "flux": lambda: build_flux(guidance_embeds=False),
+    "flux-dev": lambda: build_flux(guidance_embeds=True),
+    "wan": build_wan,
+}
+BLOCKS = {
+    "pixart": {"transformer_blocks": 2},
+    "sd3": {"transformer_blocks": 2},
+    "flux": {"transformer_blocks": 1, "single_transformer_blocks": 2},
+    "flux-dev": {"transformer_blocks": 1, "single_transformer_blocks": 2},
+    "wan": {"blocks": 2},
+}
+FAMILIES = list(BUILDERS)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Family → a saved tiny pipeline directory, built on first use."""
+    root = tmp_path_factory.mktemp("families")
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            torch.manual_seed(0)
+            BUILDERS[name]().save_pretrained(root / name)
+            made[name] = root / name
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def engines(checkpoints):
+    """Family → an engine over its tiny checkpoint, running the checkpoint's own scheduler for 2 steps."""
+    from ditserve.config import parse_config
+    from ditserve.engine import Engine
+
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            model = {"name": f"tiny-{name}", "path": str(checkpoints(name)), "family": name.split("-")[0]}
+            made[name] = Engine(parse_config({"model": model, "plan": {"sampler": {"name": "none", "steps": 2}}}))
+        return made[name]
+
+    return get
+
+
+def generate(engine, name: str, **fields):
+    height, width = SIZE[name]
+    return engine.generate(GenerationRequest(prompt=PROMPT, height=height, width=width, **fields))
+
+
+def initial_latents(engine, name: str, seeds: list[int]) -> torch.Tensor:
+    """The engine's starting noise: one CPU generator per image, seeded seed + k."""
+    shape = engine.adapter.latent_shape(engine.model, *SIZE[name])
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
+# -- every family ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_images_have_the_size_asked_for_and_follow_the_seed(engines, name):
+    engine = engines(name)
+    first = generate(engine, name, seed=3, num_images=2, guidance_scale=3.0)
+    again = generate(engine, name, seed=3, num_images=2, guidance_scale=3.0)
+    other = generate(engine, name, seed=5, num_images=2, guidance_scale=3.0)
+    assert first.images.shape == (2, 3, *SIZE[name])
+    assert first.images.dtype == torch.float32
+    assert first.images.min() >= 0 and first.images.max() <= 1
+    assert torch.equal(first.images, again.images)
+    assert not torch.allclose(first.images, other.images)
+    assert not torch.allclose(first.images[0], first.images[1])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_prompt_and_the_guidance_scale_change_the_image(engines, name):
+    engine = engines(name)
+    height, width = SIZE[name]
+    base = generate(engine, name, seed=1, guidance_scale=3.0).images
+    other_prompt = engine.generate(
+        GenerationRequest(prompt="a dog in the snow", height=height, width=width, seed=1, guidance_scale=3.0)
+    ).images
+    unguided = generate(engine, name, seed=1, guidance_scale=1.0).images
+    assert not torch.allclose(base, other_prompt)
+    assert not torch.allclose(base, unguided)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_block_groups_list_every_block_and_the_engine_counts_them(engines, name):
+    engine = engines(name)
+    groups = engine.adapter.block_groups(engine.model.transformer)
+    assert {group.name: len(group.blocks) for group in groups} == BLOCKS[name]
+    stats = generate(engine, name, seed=0, guidance_scale=2.0).stats
+    assert stats.model_evaluations == stats.steps == 2
+    assert stats.block_evaluations == stats.model_evaluations * sum(BLOCKS[name].values())
+    assert stats.block_evaluations == stats.block_evaluations_full
+
+
+@pytest.mark.parametrize("name", ["pixart", "sd3", "flux", "wan"])
+def test_modulated_input_is_what_each_block_feeds_its_attention(engines, name):
+    """`modulated_input` (what TeaCache watches) equals the normalised, modulated tokens the block's own
+    self-attention receives; for Flux's single-stream blocks, the image tokens of them."""
+    engine = engines(name)
+    seen: dict[str, list] = {}
+    handles = []
+    for group in engine.adapter.block_groups(engine.model.transformer):
+        block = group.blocks[0]
+        attention = block.attn1 if hasattr(block, "attn1") else block.attn
+
+        def before_block(module, args, kwargs, key=group.name):
+            seen.setdefault(key, []).append(engine.adapter.modulated_input(module, args, kwargs))
+
+        def before_attention(module, args, kwargs, key=group.name):
+            seen[key].append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+        handles += [
+            block.register_forward_pre_hook(before_block, with_kwargs=True),
+            attention.register_forward_pre_hook(before_attention, with_kwargs=True),
+        ]
+    try:
+        generate(engine, name, seed=0, guidance_scale=1.0, steps=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(seen) == set(BLOCKS[name])
+    for modulated, attended in seen.values():
+        torch.testing.assert_close(modulated, attended[:, -modulated.shape[1] :], rtol=0, atol=1e-6)
+
+
+def test_a_family_refuses_another_familys_pipeline(checkpoints):
+    from ditserve.models import get_adapter
+
+    with pytest.raises(PlanError, match="holds a PixArtAlphaPipeline, which family 'sd3' cannot run"):
+        get_adapter("sd3").load(checkpoints("pixart"), torch.float32, torch.device("cpu"))
+
+
+def test_a_text_family_refuses_a_directory_without_a_pipeline(tmp_path):
+    from ditserve.models import get_adapter
+
+    with pytest.raises(PlanError, match="has no model_index.json"):
+        get_adapter("flux").load(tmp_path, torch.float32, torch.device("cpu"))
+
+
+# -- the engine gives what the diffusers pipeline gives ------------------------------------------------
+
+
+def reference(checkpoints, name: str):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(checkpoints(name), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assert_close(images: torch.Tensor, expected: torch.Tensor) -> None:
+    assert images.shape == expected.shape
+    difference = (images - expected.float()).abs().max().item()
+    assert difference <= 1e-4, f"the engine's images differ from the pipeline's by up to {difference:.2e}"
+
+
+@pytest.mark.parametrize(("name", "guidance"), [("pixart", 4.5), ("sd3", 5.0), ("wan", 5.0), ("sd3", 1.0)])
+def test_engine_matches_the_pipeline(engines, checkpoints, name, guidance):
+    engine = engines(name)
+    height, width = SIZE[name]
+    result = generate(engine, name, seed=7, num_images=2, guidance_scale=guidance, steps=2)
+    latents = initial_latents(engine, name, [7, 8])
+    pipe = reference(checkpoints, name)
+    common = {"height": height, "width": width, "num_inference_steps": 2, "guidance_scale": guidance}
+    with torch.inference_mode():
+        if name == "wan":
+            frames = pipe(PROMPT, num_frames=1, latents=latents, output_type="pt", **common).frames
+            expected = frames[:, 0]
+        else:
+            extra = {"use_resolution_binning": False} if name == "pixart" else {}
+            expected = pipe(PROMPT, num_images_per_prompt=2, latents=latents, output_type="pt", **common, **extra)
+            expected = expected.images
+    assert_close(result.images, expected)
+
+
+def flux_reference(checkpoints, engine, name: str, steps: int, guidance: float, **call):
+    from ditserve.models.flux import pack
+
+    height, width = SIZE[name]
+    latents = pack(initial_latents(engine, name, [7, 8]))
+    with torch.inference_mode():
+        return reference(checkpoints, name)(
+            PROMPT,
+            height=height,
+            width=width,
+            num_images_per_prompt=2,
+            num_inference_steps=steps,
+            latents=latents,
+            output_type="pt",
+            guidance_scale=guidance,
+            **call,
+        ).images
+
+
+# One step: there the engine's schedule and the pipeline's agree whether or not the engine passes
+# `steps` to `schedule_kwargs` (sigmas [1.0] either way); the two-step test below needs that.
+
+
+def test_flux_classifier_free_guidance_is_the_pipelines_true_cfg(engines, checkpoints):
+    engine = engines("flux")
+    result = generate(engine, "flux", seed=7, num_images=2, guidance_scale=2.5, steps=1)
+    expected = flux_reference(checkpoints, engine, "flux", 1, 3.5, true_cfg_scale=2.5, negative_prompt="")
+    assert_close(result.images, expected)
+
+
+def test_flux_dev_embeds_the_requested_guidance_instead_of_running_cfg(engines, checkpoints):
+    engine = engines("flux-dev")
+    result = generate(engine, "flux-dev", seed=7, num_images=2, guidance_scale=2.0, steps=1)
+    assert result.stats.model_evaluations == 1  # no unconditional batch: the scale rides in the `guidance` input
+    expected = flux_reference(checkpoints, engine, "flux-dev", 1, 2.0)
+    assert_close(result.images, expected)
+
+
+def test_flux_guidance_inputs_carry_the_scale_for_distilled_checkpoints_only(engines):
+    dev, schnell = engines("flux-dev"), engines("flux")
+    inputs = dev.adapter.guidance_inputs(dev.model, 2.0, 3)
+    assert torch.equal(inputs["guidance"], torch.full((3,), 2.0))
+    assert schnell.adapter.guidance_inputs(schnell.model, 2.0, 3) is None
+
+
+def test_flux_engine_runs_the_pipelines_schedule(engines, checkpoints):
+    engine = engines("flux")
+    result = generate(engine, "flux", seed=7, num_images=2, guidance_scale=1.0, steps=2)
+    expected = flux_reference(checkpoints, engine, "flux", 2, 3.5)
+    assert_close(result.images, expected)
