@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import engine_for
+from ditserve_testing import engine_for
 
 from ditserve.errors import Cancelled
 from ditserve.parallel.launcher import RankFailure

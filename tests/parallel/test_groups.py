@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import engine_for
+from ditserve_testing import engine_for
 
 from ditserve.errors import ConfigError, PlanError
 from ditserve.parallel.groups import Degrees

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import engine_for, save_tiny_dit
+from ditserve_testing import engine_for, save_tiny_dit
 
 from ditserve.request import GenerationRequest
 

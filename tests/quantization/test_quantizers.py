@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import engine_for
+from ditserve_testing import engine_for
 
 from ditserve.errors import PlanError
 from ditserve.quantization.base import block_linears, weight_bytes

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import engine_for
+from ditserve_testing import engine_for
 
 from ditserve.errors import Cancelled, PlanError, RequestError
 from ditserve.request import GenerationRequest

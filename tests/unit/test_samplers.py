@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import engine_for, save_tiny_dit
 from diffusers import DDIMScheduler, DDPMScheduler
+from ditserve_testing import engine_for, save_tiny_dit
 
 from ditserve.errors import PlanError
 from ditserve.request import GenerationRequest
