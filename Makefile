@@ -61,9 +61,10 @@ bench: setup  ## the measurements behind benchmarks/results/
 	$(BIN)/python benchmarks/quantization.py
 	$(BIN)/python benchmarks/serving.py
 
-train: setup  ## retrain the embedded models (about 35 minutes on 2 cores)
+train: setup  ## retrain the embedded models (about an hour on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier
 	$(BIN)/python -m ditserve.models.digits.train
+	$(BIN)/python -m ditserve.models.digits.train_flow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,17 +1,20 @@
 """Caching strategies on the embedded digits DiT, with their peers, in one run: speed and fidelity.
 
-python benchmarks/caching.py [--per-class 20] [--timing-images 20] [--timing-runs 5] [--only fora,teacache]
+python benchmarks/caching.py [--per-class 20] [--timing-images 20] [--timing-runs 5] [--only fora,teacache,peers]
 
 Every configuration runs the same requests (50 DDIM steps, guidance 4, fixed seeds, `--per-class`
 images of each digit) as the uncached model in the same process, and is reported as: the ratio of
-transformer-block evaluations, the wall speedup (median of `--timing-runs` runs of one
+transformer-block evaluations (and of attention-layer evaluations, where PAB and FasterCache
+save), the wall speedup (median of `--timing-runs` runs of one
 `--timing-images` request, against the uncached median measured in this run), PSNR and SSIM against
 the uncached images of the same seeds, the classifier's accuracy and the Fréchet distance of the
 classifier's features to the held-out digits. Peers run on the same engine (uncached plan) with their
 own code: diffusers' FirstBlockCache and TaylorSeer hooks, cache-dit's DBCache (+TaylorSeer) — the
-`peers` extra (`pip install -e .[peers]`). TeaCache and SmoothCache are calibrated in the run, on
-seeds the measurement does not use. Writes benchmarks/results/caching.md and caching-pareto.png and
-prints the targets of issue 3 with pass/fail.
+`peers` extra (`pip install -e .[peers]`). TeaCache, SmoothCache, Block Caching and Learning-to-Cache
+are calibrated in the run, on seeds the measurement does not use. Writes benchmarks/results/caching.md
+(+ .json) and caching-pareto.png and prints the targets of issue 3 with pass/fail. Each measured row is
+merged into the existing JSON by its label (a row measured again replaces the old one), so `--only`
+adds or refreshes rows and a run cut short keeps what it finished.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import itertools
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,14 +68,29 @@ OURS: list[dict] = [
     {"name": "smoothcache", "alpha": 0.5},
     {"name": "adacache"},
     {"name": "adacache", "codebook": [[0.03, 6], [0.06, 4], [0.1, 2]]},
+    {"name": "adacache", "codebook": [[0.05, 8], [0.1, 6], [0.2, 3]]},
+    {"name": "block-caching", "threshold": 0.1},
+    {"name": "block-caching", "threshold": 0.2},
+    {"name": "block-caching", "threshold": 0.4},
+    {"name": "learning-to-cache", "threshold": 0.3},
+    {"name": "learning-to-cache", "threshold": 0.5},
+    {"name": "learning-to-cache", "threshold": 0.7},
+    {"name": "pab", "self_interval": 2},
+    {"name": "pab", "self_interval": 3},
+    {"name": "pab", "self_interval": 4, "window": [-1, 950]},
+    {"name": "fastercache", "interval": 2},
+    {"name": "fastercache", "interval": 3},
+    {"name": "fastercache", "interval": 3, "window": [-1, 950]},
 ]
 """Our strategies at 2–3 settings each."""
 
-QUICK: list[dict] = [OURS[i] for i in (1, 2, 3, 6, 9, 11, 14, 16, 20)]
+QUICK: list[dict] = [OURS[i] for i in (1, 2, 3, 6, 9, 11, 14, 16, 20, 22, 26, 29, 31, 34)]
 """`--quick`: one or two settings per strategy, for a shared CPU with little time."""
 QUICK_PEERS = (1, 3, 5, 7)
 
-CALIBRATED = {"teacache", "smoothcache"}
+CALIBRATED = {"teacache", "smoothcache", "block-caching", "learning-to-cache"}
+PER_SETTING = {"block-caching"}
+"""Calibrated for each setting (its alignment is fitted for the threshold); the others once per strategy."""
 
 
 @dataclass
@@ -90,6 +109,9 @@ class Row:
     accuracy: float
     frechet: float
     extra: dict = field(default_factory=dict)
+    """`run`: when the invocation that measured the row started."""
+    attention_ratio: float | None = None
+    """Attention-layer evaluations / uncached (None in rows measured before it was counted)."""
 
 
 # -- peers: other implementations installed on the uncached engine's transformer ----------------------
@@ -218,16 +240,18 @@ def timing_request(images: int) -> GenerationRequest:
     return GenerationRequest(class_label=7, num_images=images, steps=STEPS, guidance_scale=GUIDANCE, seed=SEED - 1)
 
 
-def run(engine: Engine, per_class: int, before: Callable[[], None]) -> tuple[torch.Tensor, float]:
-    """All measured images (class-major) and the ratio of block evaluations to the uncached count."""
-    images, done, full = [], 0, 0
+def run(engine: Engine, per_class: int, before: Callable[[], None]) -> tuple[torch.Tensor, float, float]:
+    """All measured images (class-major) and the ratios of block and of attention-layer evaluations to
+    the uncached counts."""
+    images, blocks, attention = [], [0, 0], [0, 0]
     for request in requests(per_class):
         before()
         result = engine.generate(request)
         images.append(result.images)
-        done += result.stats.block_evaluations
-        full += result.stats.block_evaluations_full
-    return torch.cat(images), done / full
+        stats = result.stats
+        blocks = [blocks[0] + stats.block_evaluations, blocks[1] + stats.block_evaluations_full]
+        attention = [attention[0] + stats.attention_evaluations, attention[1] + stats.attention_evaluations_full]
+    return torch.cat(images), blocks[0] / blocks[1], attention[0] / attention[1]
 
 
 def paired_timings(
@@ -295,23 +319,43 @@ def to_markdown(rows: list[Row], base: Row, args, targets: list[str]) -> str:
         f"--timing-runs {args.timing_runs}` — {STEPS} DDIM steps, guidance {GUIDANCE}, {10 * args.per_class} "
         f"samples (fixed seeds) for fidelity; wall time: median of {args.timing_runs} runs of one "
         f"{args.timing_images}-image request, as a ratio to the median of uncached runs interleaved with them "
-        "(same process, same minutes: the CPU is shared). CPU: {torch.get_num_threads()} threads. "
+        f"(same process, same minutes: the CPU is shared). CPU: {torch.get_num_threads()} threads. "
         "PSNR/SSIM against the uncached images of the same seeds (images in [-1, 1]); Fréchet distance of the "
-        "digits classifier's features to the held-out digits; accuracy of the classifier on the requested digit.",
+        "digits classifier's features to the held-out digits; accuracy of the classifier on the requested digit. "
+        "Block and attention evals: evaluations of transformer blocks and of attention layers as a ratio to "
+        "uncached (PAB and FasterCache reuse attention outputs inside blocks that still run, so only the "
+        "attention count shows what they skip; on this DiT every block has one attention layer).",
+        *runs_note(rows),
         "",
-        "| configuration | source | block evals | wall speedup | cached s | uncached s | PSNR dB | SSIM | accuracy "
-        "| Fréchet |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | source | block evals | attention evals | wall speedup | cached s | uncached s | PSNR dB "
+        "| SSIM | accuracy | Fréchet |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in [base, *rows]:
+        attention = "–" if row.attention_ratio is None else f"{row.attention_ratio:.3f}"
         lines.append(
-            f"| {row.label} | {row.source} | {row.block_ratio:.3f} | {row.speedup:.2f}× | {median(row.seconds)} | "
+            f"| {row.label} | {row.source} | {row.block_ratio:.3f} | {attention} | {row.speedup:.2f}× | "
+            f"{median(row.seconds)} | "
             f"{median(row.uncached_seconds)} | {row.psnr:.1f} | "
             f"{row.ssim:.4f} | {row.accuracy:.3f} | {row.frechet:.3f} |"
         )
     lines += ["", "## Targets (goals, not CI gates)", "", *[f"- {t}" for t in targets], ""]
     lines += ["![wall speedup vs PSNR](caching-pareto.png)", ""]
     return "\n".join(lines)
+
+
+def runs_note(rows: list[Row]) -> list[str]:
+    """A sentence when the rows come from more than one invocation (merged by `write`)."""
+    runs = {row.extra.get("run", "an earlier run") for row in rows}
+    if len(runs) < 2:
+        return []
+    return [
+        "",
+        f"Rows from {len(runs)} invocations of this command, merged by label: each wall speedup is against the "
+        "uncached runs interleaved with that row, so speedups compare across rows and absolute seconds do not; "
+        "PSNR, SSIM, accuracy and Fréchet use the same seeds and are deterministic. Rows without an attention "
+        "count were measured before it existed.",
+    ]
 
 
 def median(seconds: list[float]) -> str:
@@ -387,47 +431,61 @@ def main() -> None:
     parser.add_argument("--timing-images", type=int, default=20, help="images in each timed request")
     parser.add_argument("--timing-runs", type=int, default=5)
     parser.add_argument("--calibration-samples", type=int, default=10)
-    parser.add_argument("--only", help="comma-separated cache names (and 'peers') to run; default all")
+    parser.add_argument("--only", help="comma-separated cache names (and 'peers') to run, in that order; default all")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--quick", action="store_true", help="the QUICK subset of settings and peers")
     parser.add_argument("--output", default=str(RESULTS / "caching.md"))
     args = parser.parse_args()
-    only = set(args.only.split(",")) if args.only else None
+    only = args.only.split(",") if args.only else None
     config = load_config(args.config)
     nothing = lambda: None  # noqa: E731
 
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     judge = Judge(args.per_class)
     uncached = engine_with(config, {"name": "none"})
     uncached.generate(timing_request(2))  # warm-up
-    images, ratio = run(uncached, args.per_class, nothing)
-    base = Row("uncached", "ditserve", ratio, 1.0, [], [], **judge(images))
+    images, blocks, attention = run(uncached, args.per_class, nothing)
+    base = Row("uncached", "ditserve", blocks, 1.0, [], [], **judge(images), attention_ratio=attention)
     print(f"uncached: accuracy {base.accuracy:.3f}, Fréchet {base.frechet:.3f}")
 
-    calibration = {}
-    wanted = {cache["name"] for cache in (QUICK if args.quick else OURS)}
-    for name in sorted(CALIBRATED & wanted):
-        if only is None or name in only:
-            calibration[name] = CACHES.get(name).calibrate(uncached, args.calibration_samples)
-            print(f"calibrated {name}: {json.dumps(calibration[name])[:200]}")
+    calibrations: dict[str, dict] = {}
+    directory = tempfile.mkdtemp(prefix="caching-bench-")  # Learning-to-Cache writes its router there
+
+    def calibrated(cache: dict) -> dict:
+        """`cache` with the fields its calibration writes, calibrated on first use."""
+        if cache["name"] not in CALIBRATED:
+            return cache
+        key = label_of(cache) if cache["name"] in PER_SETTING else cache["name"]
+        if key not in calibrations:
+            settings = {k: v for k, v in cache.items() if k != "name"}
+            calibrations[key] = CACHES.get(cache["name"]).calibrate(
+                uncached, args.calibration_samples, settings, directory
+            )
+            print(f"calibrated {key}: {json.dumps(calibrations[key])[:200]}")
+        return {**cache, **calibrations[key]}
 
     rows: list[Row] = []
 
     def measured(label: str, source: str, engine: Engine, before: Callable[[], None]) -> Row:
         seconds, reference = paired_timings(engine, uncached, args.timing_images, args.timing_runs, before)
-        images, ratio = run(engine, args.per_class, before)
+        images, blocks, attention = run(engine, args.per_class, before)
         speedup = statistics.median(reference) / statistics.median(seconds)
-        return Row(label, source, ratio, speedup, seconds, reference, **judge(images))
+        fidelity = judge(images)
+        return Row(label, source, blocks, speedup, seconds, reference, **fidelity, attention_ratio=attention)
 
     def record(row: Row) -> None:
+        row.extra["run"] = stamp
         rows.append(row)
         print(
-            f"{row.label}: blocks {row.block_ratio:.3f}, {row.speedup:.2f}×, {row.psnr:.1f} dB, acc {row.accuracy:.3f}"
+            f"{row.label}: blocks {row.block_ratio:.3f}, attention {row.attention_ratio:.3f}, {row.speedup:.2f}×, "
+            f"{row.psnr:.1f} dB, acc {row.accuracy:.3f}, Fréchet {row.frechet:.2f}",
+            flush=True,
         )
         write(rows, base, args)
 
     jobs: list[dict | Callable[[], Peer]] = list(QUICK if args.quick else OURS)
     if only is not None:
-        jobs = [cache for cache in jobs if cache["name"] in only]
+        jobs = [cache for name in only for cache in jobs if cache["name"] == name]  # in the order given
     if not args.no_peers and (only is None or "peers" in only):
         peers = [PEERS[i] for i in QUICK_PEERS] if args.quick else PEERS
         if args.quick:  # interleave, so a run cut short still compares with the peers
@@ -436,7 +494,11 @@ def main() -> None:
             jobs += peers
     for job in jobs:
         if isinstance(job, dict):
-            engine = engine_with(config, {**job, **calibration.get(job["name"], {})})
+            try:
+                engine = engine_with(config, calibrated(job))
+            except Exception as err:  # one strategy's failure must not cost the rest of a long run
+                print(f"FAILED {label_of(job)}: {type(err).__name__}: {err}", flush=True)
+                continue
             record(measured(label_of(job), "ditserve", engine, nothing))
             continue
         peer = job()
@@ -447,13 +509,24 @@ def main() -> None:
             print(f"skipped {peer.label}: {err} (install the `peers` extra)")
             continue
         record(measured(peer.label, peer.source, engine, peer.before))
-    for line in check_targets(rows, base):
+    for line in check_targets(merged(rows, Path(args.output)), base):
         print(line)
+
+
+def merged(rows: list[Row], output: Path) -> list[Row]:
+    """The rows already in `output`'s JSON (without its uncached row), with `rows` replacing or joining them
+    by label, in the JSON's order and new labels at the end."""
+    path = output.with_suffix(".json")
+    kept = [Row(**data) for data in json.loads(path.read_text())[1:]] if path.is_file() else []
+    fresh = {row.label: row for row in rows}
+    together = [fresh.pop(row.label, row) for row in kept]
+    return together + list(fresh.values())
 
 
 def write(rows: list[Row], base: Row, args) -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    rows = merged(rows, output)
     targets = check_targets(rows, base)
     output.write_text(to_markdown(rows, base, args, targets))
     output.with_suffix(".json").write_text(json.dumps([asdict(r) for r in [base, *rows]], indent=1) + "\n")

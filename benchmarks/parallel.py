@@ -1,7 +1,7 @@
 """Parallel runners on this machine: bytes sent per transformer call against the analytical formula, wall time
 at 2 ranks × 1 thread against 1 process × 2 threads, and the formulas projected onto Flux on 8 GPUs.
 
-    python benchmarks/parallel.py [--repeats 3] [--steps 10]
+    python benchmarks/parallel.py [--repeats 3] [--steps 20]
 
 Writes benchmarks/results/parallel.md. Runs 4 gloo ranks (spawned, rendezvous through a file); the
 model is the embedded digits-dit when its weights exist, else a random DiT of the same shape.
@@ -30,13 +30,23 @@ RUNNERS = {
     "ring 4": {"name": "ring", "ring": 4},
     "usp 2×2": {"name": "usp", "ulysses": 2, "ring": 2},
     "cfg 2 × ulysses 2": {"name": "ulysses", "ulysses": 2, "cfg": 2},
+    "pipefusion 2": {"name": "pipefusion", "pipefusion": 2},
+    "asyncdiff 2": {"name": "asyncdiff", "components": 2},
+    "pipefusion 3": {"name": "pipefusion", "pipefusion": 3, "patches": 4},  # one patch per stage: 64 % 3 != 0
+    "asyncdiff 3": {"name": "asyncdiff", "components": 3},
 }
+"""Every runner at 2 ranks, and at 3 or 4 (the staged runners need a degree that divides digits-dit's 6 blocks)."""
 
 
 def formula(parallel: dict, rows: int, tokens: int, width: int, out: int, layers: int, e: int) -> float:
     """Bytes one rank sends per transformer call on `rows` batch rows of `tokens` tokens of `width` channels,
     with `layers` self-attentions and `out` output channels per token (gathered once at the end).
-    Ring-based collectives: an all-gather of n bytes over g ranks sends n(g-1), an all-to-all n(g-1)/g."""
+    Ring-based collectives: an all-gather of n bytes over g ranks sends n(g-1), an all-to-all n(g-1)/g.
+    PipeFusion and AsyncDiff move the stack's activations, not attention inputs: the busiest rank (PipeFusion's
+    last stage broadcasting the output, every AsyncDiff component all-gathering its own) sends (P-1)·B·S·D."""
+    if parallel["name"] in ("pipefusion", "asyncdiff"):
+        stages = parallel.get("pipefusion", parallel.get("components", 2))
+        return (stages - 1) * rows // parallel.get("cfg", 1) * tokens * width * e
     u, r, c = parallel.get("ulysses", 1), parallel.get("ring", parallel.get("patches", 1)), parallel.get("cfg", 1)
     if parallel["name"] == "cfg":
         u = r = 1
@@ -67,7 +77,7 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
     from ditserve.registry import PARALLEL
     from ditserve.request import GenerationRequest
 
-    init_loopback(rank, world, rendezvous, timeout_s=600)
+    init_loopback(rank, world, rendezvous, timeout_s=3600)  # idle ranks wait out the baseline: long on a busy machine
     engine = Engine(parse_config({"model": spec["model"], "plan": {"sampler": {"name": "ddim", "steps": 10}}}))
     request = GenerationRequest(**spec["request"])
     results: dict = {}
@@ -97,6 +107,7 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
         record = {}
         if groups is not None:
             comm = Comm()
+            runner.check(engine.model)
             installed = runner.install(engine, groups, comm)
             times = []
             for repeat in range(spec["repeats"] + 1):
@@ -125,6 +136,7 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
                 "psnr": psnr(images * 2 - 1, reference.images * 2 - 1).min().item(),
                 "max_abs_err": (images - reference.images).abs().max().item(),
             }
+            print(f"{label}: {results[label]}", flush=True)
         dist.barrier()
     if rank == 0:
         results["shape"] = shape
@@ -148,6 +160,8 @@ def projection() -> list[str]:
             ("ring 8", {"name": "ring", "ring": 8}),
             ("usp 4×2", {"name": "usp", "ulysses": 4, "ring": 2}),
             ("distrifusion 8", {"name": "distrifusion", "patches": 8}),
+            ("pipefusion 8", {"name": "pipefusion", "pipefusion": 8}),
+            ("asyncdiff 8", {"name": "asyncdiff", "components": 8}),
         ):
             sent = formula(parallel, 1, tokens, 3072, 64, 57, 2)
             lines.append(
@@ -160,7 +174,7 @@ def projection() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (digits-dit's own run is 50)")
     parser.add_argument(
         "--projection-only", action="store_true", help="write only the Flux projection (no ranks are started)"
     )
@@ -174,6 +188,14 @@ def main() -> None:
         return
     from ditserve.models import BUILTIN_MODELS
 
+    results_load = " / ".join(f"{load:.1f}" for load in os.getloadavg())
+    overloaded = (
+        " With more runnable jobs than cores, the 2-thread baseline suffers most (its two OpenMP threads wait on "
+        "each other whenever another job holds a core), so this run's speed-up column overstates: do not read it "
+        "as a speed-up; rerun on an idle machine for that."
+        if os.getloadavg()[0] > (os.cpu_count() or 1)
+        else ""
+    )
     with tempfile.TemporaryDirectory() as tmp:
         digits = BUILTIN_MODELS["digits-dit"]
         name = "digits-dit"
@@ -209,7 +231,8 @@ def main() -> None:
         f"DDIM {args.steps} steps, guidance 4 (2 rows per call), 1 image, fp32, gloo on this 2-core machine. "
         f"Time: median of {args.repeats} runs after one warm-up; baseline 1 process × 2 threads = "
         f"{base['seconds']:.3f} s. Bytes: the most any rank sent per transformer call (DistriFusion: averaged "
-        "over warm-up and stale steps, which send the same amount).",
+        "over warm-up and stale steps, which send the same amount; so do PipeFusion's and AsyncDiff's warm-up and "
+        "pipelined steps at the busiest rank).",
         "",
         "| runner | ranks | bytes/call measured | bytes/call formula | wall (s) | speed-up vs 1×2 threads | "
         "max abs err | PSNR (dB) |",
@@ -222,13 +245,17 @@ def main() -> None:
         )
     lines += [
         "",
-        "4-rank rows run 4 single-threaded ranks on 2 cores (oversubscribed): their times show overhead, not speed-up.",
+        "3- and 4-rank rows run 3 or 4 single-threaded ranks on 2 cores (oversubscribed): their times show "
+        "overhead, not speed-up. The machine was shared with other jobs while this ran (load average "
+        f"{results_load} at the start): wall times are noisy; bytes are exact.{overloaded}",
         "",
         "## Projection: Flux.1 on 8 GPUs, from the same formulas",
         "",
         "bf16, 3072 channels, 57 attentions (19 double + 38 single blocks), 512 text tokens, one row per step "
         "(guidance-distilled, no CFG); communication only (no overlap assumed, except DistriFusion, which hides "
-        "it behind a step).",
+        "it behind a step). The pipefusion and asyncdiff rows project the scheme for a Flux-sized stack; our staged "
+        "runners refuse Flux itself (dual-stream blocks), and xDiT's PipeFusion, which steps the scheduler patch by "
+        "patch on stage 0, sends one B·S·D per stage instead of our last stage's broadcast to the other 7.",
         "",
         *projection(),
     ]

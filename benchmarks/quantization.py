@@ -35,12 +35,16 @@ RESULTS = Path(__file__).parent / "results"
 SCHEMES = {
     "none": {"name": "none"},
     "int8": {"name": "int8"},
+    "int8-blocks": {"name": "int8", "scope": "blocks"},
     "w8a8": {"name": "w8a8", "alpha": 0.5},
     "fp8": {"name": "fp8"},
     "svdquant": {"name": "svdquant", "rank": 8, "group": 64},
     "svdquant-r2": {"name": "svdquant", "rank": 2, "group": 128},
+    "svdquant-all-r2": {"name": "svdquant", "rank": 2, "group": 128, "scope": "transformer"},
+    "svdquant-all-r1": {"name": "svdquant", "rank": 1, "group": 128, "scope": "transformer"},
     "mixed-6bit": {"name": "mixed", "avg_bits": 6.0, "group": 64},
     "sage": {"name": "sage"},
+    "sage-tile-fp8": {"name": "sage", "scales": "tile", "pv": "fp8"},
     "sparse-0.5": {"name": "sparse", "sparsity": 0.5, "block": 16},
     "sparse-0.75": {"name": "sparse", "sparsity": 0.75, "block": 16},
 }
@@ -96,14 +100,38 @@ def main() -> None:
         write(rows, fp32_bytes, base_report, args)  # after every scheme, so an interrupted run keeps its rows
 
 
+GOALS = (
+    # (quantizer, × smaller than, reference bytes factor, required ratio, accuracy points allowed)
+    ("int8", "fp32", 1.0, 3.9, 0.01),
+    ("svdquant", "bf16", 0.5, 3.5, 0.02),
+)
+
+
+def goals(rows: list[dict], fp32_bytes: int) -> list[str]:
+    """The issue's size goals, judged on the smallest configuration of each quantizer within the accuracy bound."""
+    reference = rows[0]["accuracy"]
+    lines = []
+    for quantizer, against, factor, wanted, points in GOALS:
+        within = [r for r in rows if r["config"]["name"] == quantizer and r["accuracy"] >= reference - points]
+        best = max(within, key=lambda r: fp32_bytes * factor / r["bytes"], default=None)
+        ratio = fp32_bytes * factor / best["bytes"] if best else 0.0
+        lines.append(
+            f"- {'PASS' if ratio >= wanted else 'MISS'} — {quantizer} ≥ {wanted}× smaller than {against} with accuracy "
+            f"within {points * 100:.0f} point(s): "
+            + (f"{best['scheme']} {ratio:.2f}×, accuracy {best['accuracy']:.3f} vs {reference:.3f}" if best else "none")
+        )
+    return lines
+
+
 def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
     lines = [
         f"# Quantization on {report.model}",
         "",
         f"{report.samples} samples per scheme ({args.per_class} per class), sampler `{report.sampler}`, {report.steps} "
         f"steps, guidance {report.guidance_scale}, the same seeds for every scheme. Weight bytes: the transformer's "
-        "parameters and buffers (the bf16 figure is the fp32 model's halved). PSNR/SSIM: against the unquantized "
-        "sample of the same seed (PSNR of identical images is infinite and left out of the mean). CPU wall: one "
+        "state dict, i.e. what a checkpoint stores (the bf16 figure is the fp32 model's halved). PSNR/SSIM: "
+        "against the unquantized sample of the same seed (PSNR of identical images is infinite and left out of "
+        "the mean). CPU wall: one "
         f"request of {args.timing_images} images ({report.steps} steps), median over {args.repeats} runs of the "
         "ratio to the unquantized model run right after it (> 1 is slower; see below). Load: seconds to load and "
         "quantize (calibration included). Produced by `python benchmarks/quantization.py`.",
@@ -119,6 +147,7 @@ def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
             f"{fp32_bytes / 2 / r['bytes']:.2f} | {r['psnr_db']:.1f} | {r['ssim']:.4f} | {r['accuracy']:.3f} | "
             f"{r['frechet']:.2f} | {r['cpu_wall_ratio']:.2f} | {r['load_s']:.1f} |"
         )
+    lines += ["", "## Goals (printed, not gates)", "", *goals(rows, fp32_bytes)]
     lines += [
         "",
         f"Fréchet floor (real train split vs held-out): {report.frechet_floor_train_vs_held_out:.2f}.",

@@ -3,14 +3,20 @@
 1. Smooth K: subtract its mean over the sequence. Softmax is invariant to adding one constant per
    query row, and q·(k − k̄) = q·k − q·k̄ is exactly that, so the result is unchanged while K's
    channel-wise outliers (shared by all tokens) stop eating the int8 range.
-2. Quantize Q per block of `block_m` tokens and K per block of `block_n` tokens to int8 (symmetric,
-   one fp32 scale per block; the softmax scale is folded into Q's).
+2. Quantize Q and K to int8, symmetric, with one fp32 scale per token (the default: finer, in the
+   spirit of SageAttention2's per-thread groups) or per tile of `block_m` / `block_n` tokens
+   (SageAttention's per-block scheme), chosen for Q and K separately; the softmax scale is folded
+   into Q's. On Gaussian Q, K (head dim 128, 1024 tokens) per-token scales for both cut the error
+   against exact attention from 1.35e-2 to 0.93e-2 (one of the two per token: 1.12e-2), at the price
+   of a second multiply per score (benchmarks/results/kernels-gpu.md has the cost on an H200).
 3. S = int8 QKᵀ (exact int32), dequantized by the two block scales; online softmax (base 2);
-   P is rounded to fp16 and multiplied by V in fp16 with fp32 accumulation.
+   P is rounded to fp16 and multiplied by V in fp16 with fp32 accumulation — or, with `pv_fp8`
+   (SageAttention2's option for Hopper/Ada, whose fp8 tensor cores run twice the fp16 rate), P is
+   scaled by 448 (E4M3's largest value; P ≤ 1) and V is quantized per channel, both to fp8 E4M3.
 
 The reference below computes exactly that quantized attention with a plain softmax; the fidelity of
 the scheme itself (against exact attention) is measured by the tests and `benchmarks/kernels_gpu.py`.
-Not done: SageAttention2's fp8 PV on Hopper (the kernel keeps PV in fp16 on every card).
+The fp8 path needs a GPU of compute capability ≥ 8.9 (and runs under the interpreter for tests).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ INTERPRETER_BLOCKS = (16, 16)
 
 
 def default_blocks() -> tuple[int, int]:
-    """(block_m, block_n): the quantization granularity is the kernel's tile, so both are chosen together."""
+    """(block_m, block_n): the kernel's tile, and the quantization block when scales are per block."""
     return INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS
 
 
@@ -45,14 +51,34 @@ def quantize_per_block(x: torch.Tensor, block: int, scale: float = 1.0) -> tuple
     return q.view(B, H, blocks * block, D)[:, :, :S].contiguous(), scales
 
 
+FP8_MAX = 448.0
+"""Largest finite float8 E4M3 value: P ∈ [0, 1] is scaled by it before rounding, to use the whole range."""
+
+
+def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, S, D) → fp8 E4M3 V transposed to (B, H, D, S) and fp32 per-channel scales (B, H, D).
+
+    Transposed because Hopper's fp8 tensor-core instruction wants the reduction dimension (the
+    sequence, for PV) contiguous in both operands."""
+    scale = v.float().abs().amax(dim=-2).clamp(min=1e-8) / FP8_MAX
+    v8 = (v.float() / scale[..., None, :]).to(torch.float8_e4m3fn)
+    return v8.transpose(-1, -2).contiguous(), scale
+
+
 def quantize_qk(
-    q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int
+    q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, per_token: tuple[bool, bool] = (True, True)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Smooth K, then per-block int8 Q (softmax scale folded in) and K."""
+    """Smooth K, then int8 Q (softmax scale folded in) and K, each scaled per token or per tile
+    (`per_token` = (for Q, for K))."""
     k = k - k.mean(dim=-2, keepdim=True)
-    q_q, q_s = quantize_per_block(q, block_m, 1.0 / math.sqrt(q.shape[-1]))
-    k_q, k_s = quantize_per_block(k, block_n)
+    q_q, q_s = quantize_per_block(q, 1 if per_token[0] else block_m, 1.0 / math.sqrt(q.shape[-1]))
+    k_q, k_s = quantize_per_block(k, 1 if per_token[1] else block_n)
     return q_q, q_s, k_q, k_s
+
+
+def scale_group(scales: torch.Tensor, tokens: int, block: int) -> int:
+    """Tokens per scale: 1 when there is one scale per token, else the tile `block`."""
+    return 1 if scales.shape[-1] == tokens else block
 
 
 def sage_attention_reference(
@@ -64,13 +90,20 @@ def sage_attention_reference(
     block_m: int,
     block_n: int,
     out_dtype: torch.dtype,
+    pv_fp8: bool = False,
 ) -> torch.Tensor:
-    """The definition of the quantized attention: dequantized int8 scores, softmax in fp32, PV with fp16 V."""
+    """The definition of the quantized attention: dequantized int8 scores, softmax in fp32, PV with fp16
+    V (or, with `pv_fp8`, P·448 and per-channel V rounded to fp8 E4M3, the product rescaled)."""
     sq, sk = q_q.shape[-2], k_q.shape[-2]
-    row_scale = q_s.repeat_interleave(block_m, dim=-1)[..., :sq]
-    col_scale = k_s.repeat_interleave(block_n, dim=-1)[..., :sk]
+    row_scale = q_s.repeat_interleave(scale_group(q_s, sq, block_m), dim=-1)[..., :sq]
+    col_scale = k_s.repeat_interleave(scale_group(k_s, sk, block_n), dim=-1)[..., :sk]
     scores = (q_q.float() @ k_q.float().transpose(-1, -2)) * row_scale[..., :, None] * col_scale[..., None, :]
-    return (scores.softmax(dim=-1) @ v.to(torch.float16).float()).to(out_dtype)
+    p = scores.softmax(dim=-1)
+    if not pv_fp8:
+        return (p @ v.to(torch.float16).float()).to(out_dtype)
+    v8, v_scale = quantize_v_fp8(v)
+    p8 = (p * FP8_MAX).to(torch.float8_e4m3fn).float()
+    return ((p8 @ v8.float().transpose(-1, -2)) * (v_scale[..., None, :] / FP8_MAX)).to(out_dtype)
 
 
 if triton_importable():
@@ -80,19 +113,23 @@ if triton_importable():
     @triton.jit
     def _sage_kernel(
         q_ptr,  # int8 (B·H, Sq, D) contiguous, softmax scale folded into its block scales
-        q_scale_ptr,  # fp32 (B·H, n_qblk)
+        q_scale_ptr,  # fp32 (B·H, n_qs): one scale per Q_GROUP tokens
         k_ptr,  # int8 (B·H, Sk, D) contiguous, smoothed
-        k_scale_ptr,  # fp32 (B·H, n_kblk)
-        v_ptr,  # fp16 (B·H, Sk, D) contiguous
+        k_scale_ptr,  # fp32 (B·H, n_ks): one scale per K_GROUP tokens
+        v_ptr,  # fp16 (B·H, Sk, D) contiguous, or with PV_FP8 fp8 E4M3 (B·H, D, Sk) contiguous
+        v_scale_ptr,  # fp32 (B·H, D) per-channel V scales, read only with PV_FP8
         out_ptr,  # (B·H, Sq, D) contiguous output
         Sq,
         Sk,
         D,
-        n_qblk,
-        n_kblk,
+        n_qs,
+        n_ks,
         BLOCK_M: tl.constexpr,  # query tile = Q's quantization block
         BLOCK_N: tl.constexpr,  # key tile = K's quantization block
         BLOCK_D: tl.constexpr,  # head dim padded to a power of two ≥ 16 (tl.dot's minimum)
+        PV_FP8: tl.constexpr,  # P·448 and V in fp8 E4M3 for the PV product
+        Q_GROUP: tl.constexpr,  # tokens per Q scale: 1 (per token) or BLOCK_M (per tile)
+        K_GROUP: tl.constexpr,  # tokens per K scale: 1 or BLOCK_N
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -104,7 +141,13 @@ if triton_importable():
             mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
             other=0,
         )
-        q_s = tl.load(q_scale_ptr + bh * n_qblk + pid_m) * 1.4426950408889634  # log2(e): softmax via exp2
+        # per-tile scales stay scalars: an outer product of two scale vectors costs a second multiply per score
+        # (measured ~30% of the kernel's time on an H200)
+        if Q_GROUP == 1:
+            q_s = tl.load(q_scale_ptr + bh * n_qs + offs_m, mask=offs_m < Sq, other=0.0)[:, None]
+        else:
+            q_s = tl.load(q_scale_ptr + bh * n_qs + pid_m)
+        q_s = q_s * 1.4426950408889634  # log2(e): softmax via exp2
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -115,21 +158,30 @@ if triton_importable():
                 mask=(kn[None, :] < Sk) & (offs_d[:, None] < D),
                 other=0,
             )
-            k_s = tl.load(k_scale_ptr + bh * n_kblk + start // BLOCK_N)
-            s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * (q_s * k_s)
+            if K_GROUP == 1:
+                k_s = tl.load(k_scale_ptr + bh * n_ks + kn, mask=kn < Sk, other=0.0)[None, :]
+                s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * q_s * k_s
+            else:
+                k_s = tl.load(k_scale_ptr + bh * n_ks + start // BLOCK_N)
+                s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * (q_s * k_s)
             s = tl.where(kn[None, :] < Sk, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(
-                v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :],
-                mask=(kn[:, None] < Sk) & (offs_d[None, :] < D),
-                other=0.0,
-            )
-            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+            v_mask = (kn[:, None] < Sk) & (offs_d[None, :] < D)
+            if PV_FP8:
+                v = tl.load(v_ptr + bh * D * Sk + offs_d[None, :] * Sk + kn[:, None], mask=v_mask, other=0.0)
+                pv = tl.dot((p * 448.0).to(tl.float8e4nv), v)
+            else:
+                v = tl.load(v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :], mask=v_mask, other=0.0)
+                pv = tl.dot(p.to(tl.float16), v)
+            acc = acc * alpha[:, None] + pv
             m_i = m_new
         out = acc / l_i[:, None]
+        if PV_FP8:
+            v_scale = tl.load(v_scale_ptr + bh * D + offs_d, mask=offs_d < D, other=0.0)
+            out = out * (v_scale[None, :] / 448.0)
         tl.store(
             out_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
             out.to(out_ptr.dtype.element_ty),
@@ -147,20 +199,31 @@ def sage_attention_triton(
     block_n: int,
     out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
+    pv_fp8: bool = False,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
-    """Launch one program per (query block, batch·head); `out` (B, H, Sq, D), if given, is written in place."""
+    """Launch one program per (query block, batch·head); `out` (B, H, Sq, D), if given, is written in place.
+    `num_warps` / `num_stages` override the launch defaults (the GPU benchmark sweeps them)."""
     B, H, Sq, D = q_q.shape
     Sk = k_q.shape[-2]
     q_q, k_q = q_q.contiguous(), k_q.contiguous()
-    v16 = v.to(torch.float16).contiguous()
+    if pv_fp8:
+        v_in, v_scale = quantize_v_fp8(v)
+    else:
+        v_in, v_scale = v.to(torch.float16).contiguous(), q_s  # the scale pointer is unused without PV_FP8
     q_s, k_s = q_s.float().contiguous(), k_s.float().contiguous()
     if out is None:
         out = torch.empty((B, H, Sq, D), device=q_q.device, dtype=out_dtype)
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(Sq, block_m), B * H)
+    launch = {"num_warps": num_warps or (4 if block_m <= 64 else 8)}
+    if num_stages is not None:
+        launch["num_stages"] = num_stages
     _sage_kernel[grid](
-        q_q, q_s, k_q, k_s, v16, out, Sq, Sk, D, q_s.shape[-1], k_s.shape[-1],
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4 if block_m <= 64 else 8,
+        q_q, q_s, k_q, k_s, v_in, v_scale.float().contiguous(), out, Sq, Sk, D, q_s.shape[-1], k_s.shape[-1],
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PV_FP8=pv_fp8,
+        Q_GROUP=scale_group(q_s, Sq, block_m), K_GROUP=scale_group(k_s, Sk, block_n), **launch,
     )  # fmt: skip
     return out
 
@@ -175,20 +238,27 @@ def sage_attention_int8(
     block_m: int,
     block_n: int,
     out_dtype: torch.dtype,
+    pv_fp8: bool = False,
 ) -> torch.Tensor:
     """Attention over pre-quantized Q and K: Triton where it can run, the reference elsewhere."""
     if use_triton(q_q, k_q, v):
-        return sage_attention_triton(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype)
-    return sage_attention_reference(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype)
+        return sage_attention_triton(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8=pv_fp8)
+    return sage_attention_reference(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8)
 
 
 @sage_attention_int8.register_fake
-def _(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype):
+def _(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8=False):
     return q_q.new_empty(q_q.shape, dtype=out_dtype)
 
 
-def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def sage_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pv_fp8: bool = False,
+    per_token: tuple[bool, bool] = (True, True),
+) -> torch.Tensor:
     """Drop-in for `F.scaled_dot_product_attention(q, k, v)` (no mask, no dropout): (B, H, S, D) → (B, H, Sq, D)."""
     block_m, block_n = default_blocks()
-    q_q, q_s, k_q, k_s = quantize_qk(q, k, block_m, block_n)
-    return sage_attention_int8(q_q, q_s, k_q, k_s, v, block_m, block_n, q.dtype)
+    q_q, q_s, k_q, k_s = quantize_qk(q, k, block_m, block_n, per_token)
+    return sage_attention_int8(q_q, q_s, k_q, k_s, v, block_m, block_n, q.dtype, pv_fp8)

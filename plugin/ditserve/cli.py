@@ -130,6 +130,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Run the calibration a cache needs and write it into the model's YAML (`plan.cache`); with `--quant`,
     a quantizer's statistics into a file that `plan.quant.calibration` names."""
+    if args.sampler:
+        from ditserve.caching.calibration import config_file
+        from ditserve.sampling.calibration import calibrate as calibrate_sampler
+
+        fields = calibrate_sampler(args.config, args.sampler, args.samples, args.auto_steps)
+        print(f"ditserve: wrote plan.sampler {args.sampler} {json.dumps(fields)} into {config_file(args.config)}")
+        return 0
     if args.quant:
         from ditserve.quantization.calibrate import calibrate as calibrate_quant
 
@@ -181,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     what = cal.add_mutually_exclusive_group(required=True)
     what.add_argument("--cache", help="cache strategy name (e.g. teacache)")
     what.add_argument("--quant", help="quantizer name (w8a8, svdquant, mixed): stores its statistics in --out")
+    what.add_argument(
+        "--sampler", help="sampler name (dpm-solver-v3, dc-solver; any with --auto-steps): into plan.sampler"
+    )
+    cal.add_argument(
+        "--auto-steps",
+        type=float,
+        metavar="PSNR",
+        help="with --sampler: store the fewest steps reaching this PSNR (dB) against its configured steps",
+    )
     cal.add_argument("--out", help="with --quant: statistics file (default calibration/<model>-<quant>.safetensors)")
     cal.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
     cal.add_argument("--samples", type=int, default=8, help="uncached requests to observe (fixed seeds)")

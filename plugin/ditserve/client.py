@@ -120,14 +120,15 @@ class GrpcClient:
 
         fields = dict(fields)
         fmt = fields.pop("format", "png")
-        sampler = fields.pop("sampler", None)
+        strategies = {section: fields.pop(section, None) for section in ("sampler", "cache")}
         fields.pop("timeout_s", None)
         message = pb.GenerateRequest(**fields)
         message.format = pb.IMAGE_FORMAT_RAW_F32 if fmt == "raw" else pb.IMAGE_FORMAT_PNG
-        if sampler:
-            extra = struct_pb2.Struct()
-            extra.update({k: v for k, v in sampler.items() if k != "name"})
-            message.sampler.CopyFrom(pb.Strategy(name=sampler["name"], fields=extra))
+        for section, spec in strategies.items():  # `{"name": ..., fields}` overrides of the plan
+            if spec:
+                extra = struct_pb2.Struct()
+                extra.update({k: v for k, v in spec.items() if k != "name"})
+                getattr(message, section).CopyFrom(pb.Strategy(name=spec.get("name", "none"), fields=extra))
         return message
 
     def _call(self, method, message, timeout):

@@ -135,6 +135,23 @@ class ServeLimits(_Section):
     """A request still unfinished after this many seconds is cancelled."""
     allow_overrides: bool = True
     """Whether a request may override the plan's sampler and cache (for side-by-side comparisons)."""
+    overrides: dict[Literal["sampler", "cache"], tuple[str, ...]] = Field(
+        default_factory=lambda: {"sampler": ("*",), "cache": ("*",)}
+    )
+    """Per plan section, the strategies a request may pick there (`*`: any registered one), e.g.
+    `{sampler: ["*"], cache: [none, fora]}`; a section left out cannot be overridden. `quant` and `parallel`
+    change the loaded weights and processes, so requests never override them. Needs `allow_overrides`."""
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_strategies(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for section, names in value.items():
+            registry = {"sampler": SAMPLERS, "cache": CACHES}[section]
+            for name in names:
+                if name != "*" and name not in registry:
+                    known = ", ".join(registry.names())
+                    raise ValueError(f"{section}: unknown {registry.kind} {name!r}; known: *, {known}")
+        return value
 
 
 class ModelConfig(_Section):

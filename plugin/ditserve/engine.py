@@ -9,6 +9,7 @@ leaks into the next.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -21,9 +22,9 @@ import torch
 
 from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
-from ditserve.models import BUILTIN_MODELS, get_adapter
+from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
-from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS
+from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
 from ditserve.sampling.base import Sampler
 
@@ -42,7 +43,7 @@ def resolve_model_path(path: str) -> Path:
         if not (resolved / "transformer").is_dir():
             raise PlanError(
                 f"built-in model {name!r} has no weights at {resolved}; "
-                f"train them with `python -m ditserve.models.digits.train`"
+                f"train them with `python -m {BUILTIN_TRAINERS[name]}`"
             )
         return resolved
     resolved = Path(path)
@@ -55,6 +56,16 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def repeat_inputs(kwargs: dict, repeats: int, branches: int) -> dict:
+    """Transformer inputs for `repeats` copies of the batch (each of `branches` CFG halves repeated in place),
+    so a parallel sampler's call on [x at t₁; x at t₂; ...] sees every image's own conditioning."""
+    out = {}
+    for key, value in kwargs.items():
+        halves = value.chunk(branches) if isinstance(value, torch.Tensor) and value.dim() > 0 else None
+        out[key] = value if halves is None else torch.cat([torch.cat([h] * repeats) for h in halves])
+    return out
 
 
 class BlockCounter:
@@ -78,6 +89,18 @@ class BlockCounter:
         return counted
 
 
+class AttentionCounter(BlockCounter):
+    """Counts attention-layer forward passes that really compute (the adapter's `attention_layers`).
+
+    Attention-level caches (PAB, FasterCache) reuse attention outputs inside blocks that still run, which
+    a block count cannot show; a block a cache skips does not run its attention layers either."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.count = 0
+        for layer in model.adapter.attention_layers(model.transformer).values():
+            layer.forward = self._counting(layer.forward)
+
+
 @dataclass(frozen=True)
 class Job:
     """A validated request, resolved against the model's defaults."""
@@ -91,11 +114,15 @@ class Job:
     sampler: Sampler
     seeds: list[int] = field(hash=False)
     """One per image: image k of a request uses the request's seed + k."""
+    cache: StrategyConfig | None = None
+    """The request's cache override (None: the plan's cache)."""
 
     @property
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one batched sampling loop."""
-        return (self.steps, self.height, self.width, self.guidance, self.sampler.config)
+        cache = None if self.cache is None else self.cache.model_dump_json()  # configs may hold lists
+        sampler = self.sampler.config.model_dump_json()  # sampler configs may hold lists and dicts too
+        return (self.steps, self.height, self.width, self.guidance, sampler, cache)
 
 
 class Engine:
@@ -114,6 +141,8 @@ class Engine:
         )
         self.blocks_per_call = count_blocks(self.adapter, self.model.transformer)
         self.block_counter = BlockCounter(self.model)
+        self.attention_counter = AttentionCounter(self.model)
+        self.attention_layers_per_call = len(self.adapter.attention_layers(self.model.transformer))
         plan = config.plan
         self.parallel = PARALLEL.get(plan.parallel.name)(plan.parallel)
         if self.parallel.world_size != 1:  # the runner's ranks load their own copies and run every request
@@ -156,16 +185,18 @@ class Engine:
         subject = request.prompt if request.prompt is not None else request.class_label
         if self.adapter.conditioning == "class":
             self.adapter.class_id(self.model, subject)
-        sampler = self.sampler
+        sampler, cache = self.sampler, None
         if request.sampler is not None:
-            if not limits.allow_overrides:
-                raise RequestError("sampler", "this model's config does not allow per-request overrides")
             try:
-                sampler = self._make_sampler(SAMPLERS.parse(request.sampler, "sampler"))
-            except ConfigError as err:
-                raise RequestError("sampler", "; ".join(err.problems)) from None
+                sampler = self._make_sampler(self._override("sampler", request.sampler))
             except PlanError as err:
                 raise RequestError("sampler", str(err)) from None
+        if request.cache is not None:
+            cache = self._override("cache", request.cache)
+            if cache == self.cache.config:
+                cache = None
+            elif self.parallel.world_size != 1:
+                raise RequestError("cache", "a multi-process plan (plan.parallel) runs its own cache only; omit it")
         steps = request.steps if request.steps is not None else sampler.config.steps
         if steps > limits.max_steps:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
@@ -182,7 +213,28 @@ class Engine:
             raise RequestError("seed", "seed + num_images must stay below 2**63")
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
         seeds = [base_seed + k for k in range(request.num_images)]
-        return Job(subject, steps, height, width, guidance, sampler, seeds)
+        return Job(subject, steps, height, width, guidance, sampler, seeds, cache)
+
+    def _override(self, section: str, spec: dict) -> StrategyConfig:
+        """A request's `sampler` or `cache` override, checked against `limits.overrides`.
+
+        Naming the plan's own strategy keeps the plan's fields the request does not set, so a calibrated
+        cache keeps its calibration while a request tunes its threshold."""
+        limits = self.config.limits
+        allowed = limits.overrides.get(section, ()) if limits.allow_overrides else ()
+        name = spec.get("name", "none")
+        if not allowed:
+            raise RequestError(section, f"this model's config allows no per-request {section} override")
+        if "*" not in allowed and name not in allowed:
+            raise RequestError(section, f"{name!r} is not allowed (limits.overrides); allowed: {', '.join(allowed)}")
+        plan = getattr(self.config.plan, section)
+        if name == plan.name:
+            spec = {**plan.model_dump(), **spec}
+        registry = SAMPLERS if section == "sampler" else CACHES
+        try:
+            return registry.parse(spec, section)
+        except ConfigError as err:
+            raise RequestError(section, "; ".join(err.problems)) from None
 
     def generate(
         self,
@@ -212,12 +264,12 @@ class Engine:
         jobs = [self.validate(request) for request in requests]
         if len({job.batch_key for job in jobs}) != 1:
             raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
-        with self._lock, torch.inference_mode():
-            self.cache.reset()
+        with self._lock, torch.inference_mode(), self._cache_for(jobs[0].cache) as cache:
+            cache.reset()
             try:
                 images, stats = self._run(jobs, on_progress, cancel, deadline)
             finally:
-                self.cache.reset()
+                cache.reset()
         results, start = [], 0
         for job in jobs:
             end = start + len(job.seeds)
@@ -244,12 +296,17 @@ class Engine:
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
         blocks_before = self.block_counter.count
+        attention_before = self.attention_counter.count
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             stats.model_evaluations += 1
+            repeats = x.shape[0] // len(seeds)  # parallel samplers evaluate k timesteps of every image in one call
+            stats.timestep_evaluations += repeats
+            inputs = kwargs if repeats == 1 else repeat_inputs(kwargs, repeats, 2 if use_cfg else 1)
             if not use_cfg:
-                return adapter.predict(model, x, t, kwargs)
-            cond, uncond = adapter.predict(model, torch.cat([x, x]), t, kwargs).chunk(2)
+                return adapter.predict(model, x, t, inputs)
+            t = t if t.numel() == 1 else torch.cat([t, t])
+            cond, uncond = adapter.predict(model, torch.cat([x, x]), t, inputs).chunk(2)
             return uncond + guidance * (cond - uncond)
 
         def on_step(done: int, total: int, x: torch.Tensor) -> None:
@@ -268,8 +325,32 @@ class Engine:
         stats.seconds["decode"] = time.perf_counter() - decode_started
         stats.block_evaluations = self.block_counter.count - blocks_before
         stats.block_evaluations_full = stats.model_evaluations * self.blocks_per_call
+        stats.attention_evaluations = self.attention_counter.count - attention_before
+        stats.attention_evaluations_full = stats.model_evaluations * self.attention_layers_per_call
         stats.seconds["total"] = time.perf_counter() - started
         return images, stats
+
+    @contextlib.contextmanager
+    def _cache_for(self, config: StrategyConfig | None):
+        """The plan's cache, or a request's override swapped in for one batch; the plan's is put back after."""
+        if config is None:
+            yield self.cache
+            return
+        override = CACHES.get(config.name)(config)
+        self.cache.remove()
+        try:
+            try:
+                override.apply(self.model)
+            except PlanError as err:  # e.g. a cache that needs calibration the request did not give
+                with contextlib.suppress(Exception):  # undo whatever part of it was applied
+                    override.remove()
+                raise RequestError("cache", str(err)) from None
+            try:
+                yield override
+            finally:
+                override.remove()
+        finally:
+            self.cache.apply(self.model)
 
     @staticmethod
     def _check_cancel(done: int, cancel: threading.Event | None, deadline: float | None) -> None:

@@ -38,6 +38,8 @@ class GenerationRequest(BaseModel):
     """Image width in pixels; default: the model's native size."""
     sampler: dict[str, Any] | None = None
     """Per-request sampler override, `{name: ..., fields}`, when the model config allows overrides."""
+    cache: dict[str, Any] | None = None
+    """Per-request cache override, `{name: ..., fields}`, when the model config allows it (`limits.overrides`)."""
 
 
 @dataclass
@@ -49,11 +51,18 @@ class GenerationStats:
     batch_size: int = 0
     """Images in the batched run this result was part of (several requests may share one)."""
     model_evaluations: int = 0
-    """Transformer calls (a guided call on the doubled batch counts once)."""
+    """Transformer calls (a guided call on the doubled batch counts once): the sequential model rounds."""
+    timestep_evaluations: int = 0
+    """Model evaluations counted per timestep: a parallel sampler's call over a window of k timesteps
+    counts k (equal to `model_evaluations` for step-by-step samplers)."""
     block_evaluations: int = 0
     """Transformer blocks actually computed over the whole request."""
     block_evaluations_full: int = 0
     """Blocks the same calls would have computed with no caching."""
+    attention_evaluations: int = 0
+    """Attention layers actually computed (attention-level caches such as PAB skip these inside blocks that run)."""
+    attention_evaluations_full: int = 0
+    """Attention layers the same calls would have computed with no caching."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per phase: condition, denoise, decode, total."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from server_process import start_server, stop_server
+from server_process import API_KEY, start_server, stop_server
+
+from ditserve.client import GrpcClient, RestClient
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +26,17 @@ def server(_shared, tmp_path_factory):
     if current is None or current.proc.poll() is not None:
         current = _shared["server"] = start_server(tmp_path_factory.mktemp("e2e"), warmup_rounds=5)
     return current
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    client = RestClient(server.url, API_KEY)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = GrpcClient(server.grpc, API_KEY)
+    yield client
+    client.close()

@@ -12,17 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _root_fixtures():
-    """tests/conftest.py (its `save_tiny_dit`), loaded by path: both files are named conftest."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ditserve_tests_root", Path(__file__).parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 API_KEY = "e2e-secret-key"
 STARTUP_S = 480  # generous: on a shared, loaded 2-core machine a start has taken from 20 s to 4 min
 
@@ -58,13 +47,21 @@ class Server:
         return total
 
 
-def start_server(tmp: Path, *, api_key: str | None = API_KEY, warmup_rounds: int = 1, **limits) -> Server:
-    """Start `ditserve serve` and wait (bounded) until /readyz is 200, recording what probes saw meanwhile."""
+PLAN = "{sampler: {name: ddim, steps: 20}}"
+
+
+def start_server(
+    tmp: Path, *, api_key: str | None = API_KEY, warmup_rounds: int = 1, plan: str = PLAN, **limits
+) -> Server:
+    """Start `ditserve serve` and wait (bounded) until /readyz is 200, recording what probes saw meanwhile.
+
+    `plan` is the model config's plan in YAML flow style; `limits` change the defaults below."""
     import grpc
     import httpx
+    from ditserve_testing import save_tiny_dit
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    model = _root_fixtures().save_tiny_dit(tmp / "tiny")
+    model = save_tiny_dit(tmp / "tiny")
     config = tmp / "model.yaml"
     lim = {
         "max_steps": 1000,
@@ -74,15 +71,17 @@ def start_server(tmp: Path, *, api_key: str | None = API_KEY, warmup_rounds: int
         "batch_images": 4,
         "batch_wait_ms": 50,
         "timeout_s": 60,
+        "overrides": {"sampler": ["ddim", "ddpm"], "cache": ["none", "fora"]},
     }
     lim.update(limits)
     config.write_text(
         f"model: {{name: tiny, path: {model}, family: dit, guidance_scale: 4.0, threads: 1}}\n"
-        f"plan: {{sampler: {{name: ddim, steps: 20}}}}\nlimits: {lim}\n".replace("'", "")
+        f"plan: {plan}\nlimits: {lim}\n".replace("'", "")
     )
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True")
     env.pop("DITSERVE_API_KEY", None)
+    env["BENTOML_HOME"] = str(tmp / "bentoml-home")  # BentoML wipes $BENTOML_HOME/prometheus_multiproc_dir at start
     if api_key:
         env["DITSERVE_API_KEY"] = api_key
     log = tmp / "server.log"

@@ -41,6 +41,9 @@ fields = {
     "sampler": st.one_of(
         st.fixed_dictionaries({"name": st.sampled_from(["ddim", "ddpm", "nope"]), "steps": small}), junk
     ),
+    "cache": st.one_of(
+        st.fixed_dictionaries({"name": st.sampled_from(["none", "fora", "teacache", "nope"]), "interval": small}), junk
+    ),
     "format": st.one_of(st.sampled_from(["json", "png", "raw"]), junk),
     "unknown": junk,
 }

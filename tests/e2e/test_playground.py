@@ -33,7 +33,7 @@ def browser(tmp_path):
 def test_generate_shows_previews_and_the_image(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(f"{server.url}/playground")
     wait = WebDriverWait(browser, 60)
@@ -47,10 +47,13 @@ def test_generate_shows_previews_and_the_image(server, browser):
     preview = browser.find_element(By.ID, "preview")
     preview.clear()
     preview.send_keys("3")
+    wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, '#cache option[value="fora"]'))
+    Select(browser.find_element(By.ID, "cache")).select_by_value("fora")  # the server allows none and fora
     browser.find_element(By.ID, "generate").click()
     image = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#result img.result")))
     wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 8
     assert len(browser.find_elements(By.CSS_SELECTOR, "#previews img")) == 2  # steps 3 and 6
-    assert "step 6 / 6" in browser.find_element(By.ID, "progress").text
+    progress = browser.find_element(By.ID, "progress").text
+    assert "step 6 / 6" in progress and "4 of 12 blocks computed" in progress  # fora (interval 3) ran
     assert browser.find_element(By.ID, "error").text == ""

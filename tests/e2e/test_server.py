@@ -14,20 +14,6 @@ from ditserve.client import GrpcClient, RestClient, ServerError
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def rest(server):
-    client = RestClient(server.url, API_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = GrpcClient(server.grpc, API_KEY)
-    yield client
-    client.close()
-
-
 def test_not_ready_until_warmed_up(server, grpc_client):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

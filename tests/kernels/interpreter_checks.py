@@ -107,15 +107,30 @@ def check_sage_attention(g: torch.Generator) -> dict:
     errors = {}
     bm, bn = default_blocks()
     for dtype in DTYPES:
-        for sq, sk, d in ((40, 40, 32), (19, 35, 8)):
+        for (sq, sk, d), per_token in (
+            ((40, 40, 32), (True, True)),
+            ((19, 35, 8), (True, False)),
+            ((40, 35, 32), (False, True)),
+            ((33, 40, 16), (False, False)),
+        ):
             q, k, v = (torch.randn(2, 2, s, d, generator=g).to(dtype) for s in (sq, sk, sk))
-            q_q, q_s, k_q, k_s = quantize_qk(q, k + 2.0, bm, bn)  # an offset in K: what the smoothing removes
+            # an offset in K: what the smoothing removes
+            q_q, q_s, k_q, k_s = quantize_qk(q, k + 2.0, bm, bn, per_token=per_token)
             out = poisoned((2, 2, sq, d), dtype)
             sage_attention_triton(q_q, q_s, k_q, k_s, v, bm, bn, dtype, out=out)
             want = sage_attention_reference(q_q, q_s, k_q, k_s, v, bm, bn, dtype)
             # the kernel rounds the unnormalized P to fp16 (the reference rounds none): ~2^-11 relative
             errors[f"{dtype}-{sq}x{sk}x{d}"] = close("sage", out, want, 3e-3)
+            out = poisoned((2, 2, sq, d), dtype)
+            sage_attention_triton(q_q, q_s, k_q, k_s, v, bm, bn, dtype, out=out, pv_fp8=True)
+            want = sage_attention_reference(q_q, q_s, k_q, k_s, v, bm, bn, dtype, pv_fp8=True)
+            # fp8 P is rounded from the running-max P in the kernel, from the final-max P in the reference,
+            # and the interpreter's in-kernel fp32 → E4M3 rounding is not always torch's (seen: up to one E4M3
+            # step on some elements): each P element may differ by up to 2^-3 relative, averaged over the keys.
+            # Measured worst case 0.11 here; the fp8 path's real check is benchmarks/kernels_gpu.py on a GPU.
+            errors[f"{dtype}-{sq}x{sk}x{d}-pv_fp8"] = close("sage fp8 PV", out, want, 0.15)
         torch.library.opcheck(sage_attention_int8, (q_q, q_s, k_q, k_s, v, bm, bn, dtype))
+        torch.library.opcheck(sage_attention_int8, (q_q, q_s, k_q, k_s, v, bm, bn, dtype, True))
     return errors
 
 

@@ -31,6 +31,10 @@ def test_data_parallel_replicas_are_the_slowest_axis():
         ({"name": "ulysses", "ulysses": 4}, "does not divide the model's 2 attention heads"),
         ({"name": "ring", "ring": 32}, "does not divide the 16 image tokens"),
         ({"name": "usp", "ulysses": 2, "ring": 3}, "ulysses×ring = 6 does not divide the 16 image tokens"),
+        ({"name": "pipefusion", "pipefusion": 4}, "2 transformer blocks cannot be split into 4 equal pipeline stages"),
+        ({"name": "pipefusion", "pipefusion": 2, "patches": 32}, "16 image tokens, which 32 patches cannot split"),
+        ({"name": "pipefusion", "pipefusion": 2, "patches": 3}, "16 image tokens, which 3 patches cannot split"),
+        ({"name": "asyncdiff", "components": 4}, "2 transformer blocks cannot be split into 4 equal components"),
     ],
 )
 def test_degrees_the_model_cannot_take_fail_at_load_with_the_reason(tiny_dit_dir, parallel, reason):
@@ -41,3 +45,9 @@ def test_degrees_the_model_cannot_take_fail_at_load_with_the_reason(tiny_dit_dir
 def test_a_degree_out_of_bounds_is_a_config_error(tiny_dit_dir):
     with pytest.raises(ConfigError, match="cfg"):
         engine_for(tiny_dit_dir, parallel={"name": "cfg", "cfg": 3})
+
+
+@pytest.mark.parametrize("runner", [{"name": "pipefusion", "pipefusion": 2}, {"name": "asyncdiff", "components": 2}])
+def test_a_staged_runner_refuses_a_block_cache_at_load(tiny_dit_dir, runner):
+    with pytest.raises(PlanError, match="does not combine with cache 'fora'"):
+        engine_for(tiny_dit_dir, cache={"name": "fora", "interval": 2}, parallel=runner)

@@ -1,8 +1,9 @@
-"""A served model whose plan runs 2 ranks answers REST and gRPC like the single-process engine.
+"""A served model whose plan runs 2 ranks answers REST and gRPC like the single-process engine, and a rank
+killed mid-request fails that request fast and takes the service to not-alive.
 
 Real processes: `ditserve serve` (BentoML + the gRPC server) on loopback ports, which spawns its two
-gloo ranks. Marked slow as well as e2e: starting the server and its ranks takes minutes on the
-shared 2-core machine, more than this area's CI budget allows.
+gloo ranks; the kill is a real SIGKILL of a rank process. Marked slow as well as e2e: starting the
+server and its ranks takes minutes on the shared 2-core machine, more than this area's CI budget allows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ditserve.request import GenerationRequest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STARTUP_S = 400
+TIMEOUT_S = 30
 REQUEST = {"class_label": 4, "steps": 4, "seed": 9, "guidance_scale": 3.0, "format": "raw"}
 
 
@@ -41,8 +43,8 @@ def served(tmp_path_factory):
     config.write_text(
         f"model: {{name: tiny, path: {model}, family: dit, threads: 1}}\n"
         "plan: {sampler: {name: ddim, steps: 4},"
-        " parallel: {name: ulysses, ulysses: 2, timeout_s: 30, start_timeout_s: 900}}\n"
-        "limits: {max_side: 8}\n"
+        f" parallel: {{name: ulysses, ulysses: 2, timeout_s: {TIMEOUT_S}, start_timeout_s: 900}}}}\n"
+        "limits: {max_side: 8, max_steps: 1000}\n"
     )
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True")
@@ -64,7 +66,7 @@ def served(tmp_path_factory):
             time.sleep(0.5)
         else:
             raise AssertionError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-        yield url, f"127.0.0.1:{grpc_port}", model
+        yield url, f"127.0.0.1:{grpc_port}", model, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -77,7 +79,7 @@ def served(tmp_path_factory):
 def test_rest_and_grpc_answer_like_the_single_process_engine(served):
     from ditserve.client import GrpcClient, RestClient
 
-    url, grpc_target, model = served
+    url, grpc_target, model, _ = served
     rest, grpc = RestClient(url), GrpcClient(grpc_target)
     try:
         over_rest = rest.generate(**REQUEST)["images"][0]
@@ -90,3 +92,36 @@ def test_rest_and_grpc_answer_like_the_single_process_engine(served):
     for answer in (over_rest, over_grpc):
         image = np.frombuffer(answer["data"], dtype=np.float32).reshape(expected.shape)
         assert np.abs(image - expected.numpy()).max() <= 1e-4
+
+
+def test_a_rank_killed_mid_request_fails_it_fast_and_the_service_is_not_alive(served):
+    """Last in this module: it takes the service down. (tests/e2e/test_liveness.py kills an idle rank and
+    follows the health endpoints; this one kills a rank while a request runs on it.)"""
+    import httpx
+    import psutil
+
+    from ditserve.client import RestClient, ServerError
+
+    url, _, _, server_pid = served
+    family = psutil.Process(server_pid).children(recursive=True)
+    ranks = [process for process in family if "spawn_main" in " ".join(process.cmdline())]
+    assert len(ranks) == 2, f"expected the 2 rank processes under the server, found {ranks}"
+    victim = ranks[-1]
+    rest = RestClient(url)
+    killed_at = None
+    try:
+        with pytest.raises(ServerError) as failed:
+            for event, _data in rest.stream(class_label=1, steps=1000, seed=3, format="raw"):
+                if event == "progress" and killed_at is None:
+                    victim.kill()  # SIGKILL
+                    killed_at = time.monotonic()
+        failed_after = time.monotonic() - killed_at
+        assert failed_after < TIMEOUT_S, f"the request failed {failed_after:.1f} s after the kill"
+        assert f"(pid {victim.pid}) exited with signal SIGKILL" in failed.value.message
+        assert "restart the service" in failed.value.message
+        assert httpx.get(f"{url}/livez", timeout=10).status_code == 503
+        with pytest.raises(ServerError, match="restart the service") as refused:
+            rest.generate(**REQUEST)
+        assert refused.value.status == 503
+    finally:
+        rest.close()

@@ -22,9 +22,11 @@ PLANS = {
     "svdquant": {"name": "svdquant", "group": 32, "rank": 4, **CALIB},
     "mixed": {"name": "mixed", "group": 32, "avg_bits": 6.0, "probe_inputs": 2, **CALIB},
     "sage": {"name": "sage"},
+    "sage-tile-fp8": {"name": "sage", "scales": "tile", "pv": "fp8"},
     "sparse": {"name": "sparse", "sparsity": 0.5, "block": 16},
 }
-MAX_ERROR = {"int8": 0.02, "w8a8": 0.05, "fp8": 0.1, "svdquant": 0.25, "mixed": 0.25, "sage": 0.02, "sparse": 0.5}
+MAX_ERROR = {"int8": 0.02, "w8a8": 0.05, "fp8": 0.1, "svdquant": 0.25, "mixed": 0.25, "sage": 0.02,
+             "sage-tile-fp8": 0.05, "sparse": 0.5}  # fmt: skip
 """Mean |Δ| in [0, 1] pixels allowed against the unquantized output of the random model (4 steps)."""
 
 
@@ -66,7 +68,7 @@ def baseline(quant_dit_dir):
 def test_registry_lists_every_quantizer():
     from ditserve.registry import QUANTIZERS
 
-    assert set(PLANS) | {"none"} <= set(QUANTIZERS.names())
+    assert {plan["name"] for plan in PLANS.values()} | {"none"} <= set(QUANTIZERS.names())
 
 
 @pytest.mark.parametrize("name", list(PLANS))
@@ -85,13 +87,28 @@ def test_weight_quantizers_shrink_block_layers(name, most, quant_dit_dir):
     before = sum(weight_bytes(m) for m in block_linears(plain.model).values())
     engine = engine_for(quant_dit_dir, quant=PLANS[name])
     assert not block_linears(engine.model), "float linears left in the blocks"
+    blocks = [group.blocks for group in engine.model.adapter.block_groups(engine.model.transformer)]
     layers = [
         m
-        for m in engine.model.transformer.modules()
+        for block in blocks
+        for m in block.modules()
         if type(m).__name__.endswith("Linear") and m.__module__.startswith("ditserve")
     ]
     assert layers, f"{name} installed no quantized layer"
     assert sum(weight_bytes(m) for m in layers) <= most * before
+
+
+def test_int8_leaves_no_float_matrix_in_the_transformer_and_shrinks_it_near_4x(quant_dit_dir):
+    plain = engine_for(quant_dit_dir)
+    engine = engine_for(quant_dit_dir, quant=PLANS["int8"])
+    left = [
+        n for n, m in engine.model.transformer.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
+    ]
+    assert not left, f"float layers left: {left}"
+    # width 32: fp16 scales and biases weigh 2/32 of a row against the int8 row's 1/4 (the digits model: 3.9×)
+    assert weight_bytes(plain.model.transformer) / weight_bytes(engine.model.transformer) >= 3.5
+    blocks_only = engine_for(quant_dit_dir, quant={"name": "int8", "scope": "blocks"})
+    assert weight_bytes(blocks_only.model.transformer) > weight_bytes(engine.model.transformer)
 
 
 @pytest.mark.parametrize("name", list(PLANS))

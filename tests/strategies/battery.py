@@ -1,7 +1,9 @@
 """The battery every cache inherits (in the spirit of diffusers' `CacheTesterMixin`).
 
 A strategy's test module subclasses `CacheBattery` as `TestXxx` and sets `name`, `exact` (settings
-that compute every block) and `skipping` (settings that skip some). Every check runs on tiny random
+that compute every block) and `skipping` (settings that skip some); a cache that reuses attention
+outputs inside blocks that still run (PAB, FasterCache) sets `unit = "attention"`, and its savings are
+checked on the attention-layer count. Every check runs on tiny random
 models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1), and tiny Flux
 and PixArt transformers through their family adapters.
 """
@@ -45,6 +47,8 @@ class CacheBattery:
     """Per-family settings where `skipping` does not fit there (other block counts, other rates of change)."""
     exact_families: ClassVar[dict[str, dict]] = {}
     """Per-family settings where `exact` does not fit there."""
+    unit: ClassVar[str] = "block"
+    """What the cache saves evaluations of: whole "block"s, or "attention" layers inside blocks."""
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -58,6 +62,10 @@ class CacheBattery:
             cache.apply(loop.model)
             loop.cache = cache
         return loop
+
+    def evaluations(self, stats) -> tuple[int, int]:
+        """(computed, with no caching) evaluations of the cache's unit in an engine result's stats."""
+        return getattr(stats, f"{self.unit}_evaluations"), getattr(stats, f"{self.unit}_evaluations_full")
 
     # -- config and documentation ----------------------------------------------------------------
 
@@ -77,12 +85,13 @@ class CacheBattery:
         engine = engine_for(dit4_dir, {"name": self.name, **self.exact})
         result = engine.generate(request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
+        assert result.stats.attention_evaluations == result.stats.attention_evaluations_full > 0
         assert torch.equal(result.images, uncached.generate(request()).images)
 
     @pytest.mark.parametrize("family", ["flux", "pixart"])
     def test_computing_every_block_is_bit_identical_on(self, family):
-        expected, full = self.loop(family, None).run()
-        got, evaluations = self.loop(family, self.exact_families.get(family, self.exact)).run()
+        expected, full = self.loop(family, None).run(unit=self.unit)
+        got, evaluations = self.loop(family, self.exact_families.get(family, self.exact)).run(unit=self.unit)
         assert evaluations == full
         assert torch.equal(got, expected)
 
@@ -92,13 +101,14 @@ class CacheBattery:
         for guidance in (4.0, 1.0):  # with and without the [cond; uncond] batch
             result = cached.generate(request(num_images=3, guidance=guidance))
             assert result.images.shape[0] == 3 and torch.isfinite(result.images).all()
-            assert 0 < result.stats.block_evaluations < result.stats.block_evaluations_full
+            done, full = self.evaluations(result.stats)
+            assert 0 < done < full
 
     @pytest.mark.parametrize("family", ["flux", "pixart"])
     def test_fewer_block_evaluations_on(self, family):
         settings = self.skipping_families.get(family, self.skipping)
-        _, full = self.loop(family, None).run()
-        got, evaluations = self.loop(family, settings).run()
+        _, full = self.loop(family, None).run(unit=self.unit)
+        got, evaluations = self.loop(family, settings).run(unit=self.unit)
         assert torch.isfinite(got).all()
         assert evaluations < full
 
@@ -109,7 +119,7 @@ class CacheBattery:
         cached.generate(request(label=1, seed=2, num_images=1, steps=STEPS - 3))
         after = cached.generate(request(label=5, seed=9))
         assert torch.equal(after.images, alone.images)
-        assert after.stats.block_evaluations == alone.stats.block_evaluations
+        assert self.evaluations(after.stats) == self.evaluations(alone.stats)
 
     def test_a_cancelled_request_leaves_nothing_behind(self, cached):
         alone = cached.generate(request(label=5, seed=9))
@@ -128,4 +138,5 @@ class CacheBattery:
         engine.cache.remove()
         result = engine.generate(request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
+        assert result.stats.attention_evaluations == result.stats.attention_evaluations_full
         assert torch.equal(result.images, uncached.generate(request()).images)

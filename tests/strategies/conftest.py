@@ -88,17 +88,18 @@ def tiny_pixart():
 
 class FamilyLoop:
     """A tiny transformer of one family behind its real adapter, run through a short denoising-like loop
-    (x ← x − 0.1·prediction, timesteps falling) with every block call counted as the engine counts them."""
+    (x ← x − 0.1·prediction, timesteps falling) with every block and attention-layer call counted as the
+    engine counts them."""
 
     def __init__(self, family: str) -> None:
-        from ditserve.engine import BlockCounter
+        from ditserve.engine import AttentionCounter, BlockCounter
         from ditserve.models import get_adapter
         from ditserve.models.base import LoadedModel
 
         transformer = {"flux": tiny_flux, "pixart": tiny_pixart}[family]()
         self.family = family
         self.model = LoadedModel(get_adapter(family), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
-        self.counter = BlockCounter(self.model)
+        self.counters = {"block": BlockCounter(self.model), "attention": AttentionCounter(self.model)}
 
     def model_blocks(self, steps: int) -> int:
         """Block evaluations of `steps` uncached calls."""
@@ -124,15 +125,19 @@ class FamilyLoop:
         }
         return x, text
 
-    def run(self, steps: int = 10, batch: int = 2, seed: int = 0, context: bool = False) -> tuple[torch.Tensor, int]:
-        """Final sample and the block evaluations it took. `context` sets diffusers' cache context ("cond")
-        for its own hooks, as its pipelines do (not every transformer has `cache_context`)."""
+    def run(
+        self, steps: int = 10, batch: int = 2, seed: int = 0, context: bool = False, unit: str = "block"
+    ) -> tuple[torch.Tensor, int]:
+        """Final sample and the evaluations of `unit` ("block" or "attention") it took. `context` sets
+        diffusers' cache context ("cond") for its own hooks, as its pipelines do (not every transformer has
+        `cache_context`)."""
         from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
         if context:
             _set_cache_context(self.model.transformer, CacheContext("cond"))
         x, text = self.inputs(batch, seed)
-        before = self.counter.count
+        counter = self.counters[unit]
+        before = counter.count
         transformer = self.model.transformer
         with torch.inference_mode():
             for k in range(steps):
@@ -140,4 +145,4 @@ class FamilyLoop:
                 timestep = t / 1000 if self.family == "flux" else t
                 out = transformer(x, timestep=timestep, return_dict=False, **text)[0]
                 x = x - 0.1 * out
-        return x, self.counter.count - before
+        return x, counter.count - before

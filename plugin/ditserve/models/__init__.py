@@ -20,8 +20,16 @@ FAMILIES: dict[str, str] = {
 }
 """Family name → adapter class, as `module:Class`."""
 
-BUILTIN_MODELS: dict[str, Path] = {"digits-dit": Path(__file__).parent / "digits" / "digits-dit"}
+BUILTIN_MODELS: dict[str, Path] = {
+    "digits-dit": Path(__file__).parent / "digits" / "digits-dit",
+    "digits-flow": Path(__file__).parent / "digits" / "digits-flow",
+}
 """Embedded models addressable as `builtin:<name>`: checkpoint directories shipped in the package."""
+BUILTIN_TRAINERS: dict[str, str] = {
+    "digits-dit": "ditserve.models.digits.train",
+    "digits-flow": "ditserve.models.digits.train_flow",
+}
+"""The module that (re)trains each embedded model's weights."""
 
 
 def get_adapter(family: str) -> FamilyAdapter:
@@ -32,4 +40,4 @@ def get_adapter(family: str) -> FamilyAdapter:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["BUILTIN_MODELS", "FAMILIES", "FamilyAdapter", "LoadedModel", "get_adapter"]
+__all__ = ["BUILTIN_MODELS", "BUILTIN_TRAINERS", "FAMILIES", "FamilyAdapter", "LoadedModel", "get_adapter"]

@@ -121,6 +121,20 @@ class FamilyAdapter(ABC):
                 f"override {type(self).__name__}.block_streams for it"
             ) from None
 
+    def attention_layers(self, transformer: nn.Module) -> dict[str, nn.Module]:
+        """The attention modules inside the transformer's blocks, by their qualified name on the transformer
+        (`transformer_blocks.0.attn1`), in execution order: what attention-level caches (PAB, FasterCache)
+        reuse and what the engine counts. By default every diffusers attention class in the blocks."""
+        from diffusers.hooks._common import _ATTENTION_CLASSES
+
+        return {
+            f"{group.name}.{index}.{name}": module
+            for group in self.block_groups(transformer)
+            for index, block in enumerate(group.blocks)
+            for name, module in block.named_modules()
+            if name and isinstance(module, _ATTENTION_CLASSES)
+        }
+
     def modulated_input(self, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         """The timestep-modulated, normalised input of `block` for the call `block(*args, **kwargs)`
         (what TeaCache watches change between steps). Computed without running the block."""

@@ -4,6 +4,7 @@ What differs: three text encoders (two CLIPs, whose pooled outputs are concatena
 `pooled_projections`, and T5, whose tokens follow the CLIPs' in `encoder_hidden_states`; without T5
 those are zeros, as in the pipeline); the transformer takes the scheduler's timestep as it is (0..1000);
 the VAE latents are scaled and shifted (`latents / scaling_factor + shift_factor` before decoding).
+A pipeline saved without a VAE works in pixel space (the embedded digits-flow model).
 The unconditional prompt is the empty one. Skip-layer guidance (SD3.5 medium) is not applied.
 """
 
@@ -32,16 +33,20 @@ class SD3Adapter(FamilyAdapter):
     def block_groups(self, transformer: nn.Module) -> list[BlockGroup]:
         return [BlockGroup("transformer_blocks", transformer.transformer_blocks)]
 
-    def default_size(self, model: LoadedModel) -> tuple[int, int]:
+    def _vae_factor(self, model: LoadedModel) -> int:
+        """Pixels per latent side: the pipeline's VAE factor, 1 in pixel space (the pipeline would say 8)."""
         pipe = model.components["pipeline"]
-        side = pipe.default_sample_size * pipe.vae_scale_factor
+        return pipe.vae_scale_factor if pipe.vae is not None else 1
+
+    def default_size(self, model: LoadedModel) -> tuple[int, int]:
+        side = model.components["pipeline"].default_sample_size * self._vae_factor(model)
         return side, side
 
     def size_multiple(self, model: LoadedModel) -> int:
-        return model.transformer.config.patch_size * model.components["pipeline"].vae_scale_factor
+        return model.transformer.config.patch_size * self._vae_factor(model)
 
     def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
-        factor = model.components["pipeline"].vae_scale_factor
+        factor = self._vae_factor(model)
         return model.transformer.config.in_channels, height // factor, width // factor
 
     def schedule_kwargs(
@@ -92,5 +97,7 @@ class SD3Adapter(FamilyAdapter):
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         vae = model.components["vae"]
+        if vae is None:
+            return x.float()
         latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         return vae.decode(latents, return_dict=False)[0].float()

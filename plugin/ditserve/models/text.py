@@ -3,7 +3,9 @@
 Each loads a whole diffusers pipeline from its local directory and keeps it, so that prompts are
 encoded by the pipeline's own `encode_prompt` (its tokenizers, truncation, padding and pooling) and
 every default that shapes the result (`max_sequence_length`, ...) is read from the pipeline's
-`__call__` signature rather than copied here.
+`__call__` signature rather than copied here, unless the checkpoint pins it in `call_defaults.json`
+(the embedded digits-flow model has no T5 and pins `max_sequence_length` to 0, so SD3's pipeline adds
+no zero tokens in T5's place).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import torch
 from ditserve.errors import PlanError
 from ditserve.models.base import FamilyAdapter, LoadedModel, read_json
 
+CALL_DEFAULTS_FILE = "call_defaults.json"
+"""Optional file beside model_index.json: `__call__` defaults the checkpoint needs other than the pipeline's."""
+
 
 def load_pipeline(adapter: FamilyAdapter, path: Path, classes: tuple[str, ...], dtype: torch.dtype, device):
     """The pipeline in `path` (the layout `save_pretrained` writes), if its class is one of `classes`."""
     import diffusers
 
-    name = read_json(path / "model_index.json").get("_class_name")
+    index = read_json(path / "model_index.json")
+    name = index.get("_class_name")
     if name is None:
         raise PlanError(
             f"{path} has no model_index.json: family {adapter.family!r} loads a whole diffusers pipeline "
@@ -33,8 +39,10 @@ def load_pipeline(adapter: FamilyAdapter, path: Path, classes: tuple[str, ...], 
             f"{path} holds a {name}, which family {adapter.family!r} cannot run; it runs {', '.join(classes)} "
             "(set `model.family` to the checkpoint's family)"
         )
-    pipe = getattr(diffusers, name).from_pretrained(path, dtype=dtype, local_files_only=True)
+    absent = {key: None for key, value in index.items() if value == [None, None]}  # saved as null: pass None
+    pipe = getattr(diffusers, name).from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
     pipe.set_progress_bar_config(disable=True)
+    pipe.call_defaults = read_json(path / CALL_DEFAULTS_FILE)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
@@ -55,7 +63,11 @@ def loaded(adapter: FamilyAdapter, pipe, path: Path, dtype: torch.dtype, device)
 
 
 def call_default(pipe, name: str) -> Any:
-    """The default the pipeline's `__call__` gives argument `name` (what a plain `pipe(prompt)` uses)."""
+    """The default the pipeline's `__call__` gives argument `name` (what a plain `pipe(prompt)` uses), or the
+    value the checkpoint pins in `call_defaults.json`."""
+    pinned = getattr(pipe, "call_defaults", None) or {}
+    if name in pinned:
+        return pinned[name]
     return inspect.signature(type(pipe).__call__).parameters[name].default
 
 

@@ -2,8 +2,8 @@
 
 Bytes are counted as a ring implementation moves them: an all-gather or all-to-all of a local tensor of
 n bytes over g ranks sends n·(g-1) (all-gather) or n·(g-1)/g (all-to-all) bytes from each rank; a
-send sends its tensor. Every call names its group (a `groups.Group`); a group of one communicates
-nothing and costs nothing.
+send sends its tensor; a broadcast is counted at its source as n·(g-1) (one copy to every other member).
+Every call names its group (a `groups.Group`); a group of one communicates nothing and costs nothing.
 """
 
 from __future__ import annotations
@@ -62,3 +62,25 @@ class Comm:
         works = dist.batch_isend_irecv(ops)
         self.bytes_sent += _bytes(tensor)
         return out, works
+
+    def send(self, tensor: torch.Tensor, group, to: int):
+        """Start sending `tensor` to member `to` of `group`; returns the work (keep `tensor` until it is done)."""
+        tensor = tensor.contiguous()
+        self.bytes_sent += _bytes(tensor)
+        return dist.isend(tensor, group.ranks[to], group=group.handle)
+
+    def recv(self, like: torch.Tensor, group, source: int) -> torch.Tensor:
+        """Receive a tensor shaped like `like` from member `source` of `group` (blocking)."""
+        out = torch.empty_like(like, memory_format=torch.contiguous_format)
+        dist.recv(out, group.ranks[source], group=group.handle)
+        return out
+
+    def broadcast(self, tensor: torch.Tensor, group, source: int) -> torch.Tensor:
+        """Member `source`'s `tensor` on every member (the others pass a tensor of the same shape to fill)."""
+        if group.size == 1:
+            return tensor
+        tensor = tensor.contiguous()
+        dist.broadcast(tensor, group.ranks[source], group=group.handle)
+        if group.rank == source:
+            self.bytes_sent += _bytes(tensor) * (group.size - 1)
+        return tensor

@@ -131,7 +131,6 @@ class Sharding:
 
 def shard_sequence(model, group, comm: Comm, attention: CoreAttention) -> Sharding:
     """Install the plan's split/gather hooks over `group` and `attention` in every self-attention."""
-    _install_routers()
     transformer = model.transformer
     plan = plan_for(model.adapter.family, transformer)
     sharding = Sharding()
@@ -162,18 +161,28 @@ def shard_sequence(model, group, comm: Comm, attention: CoreAttention) -> Shardi
         else:
             raise ValueError(f"unsupported context-parallel entry {name!r}: {entry}")
 
-    for attn in self_attentions(model):
-        tokens: list = []
+    sharding.handles += route_attention(self_attentions(model), lambda _layer: attention)
+    return sharding
 
-        def enter(_module, _args, tokens=tokens):
+
+def route_attention(modules: list[nn.Module], attention_for: Callable[[int], CoreAttention]) -> list:
+    """While `modules[i]` runs, its processor's attention product goes to `attention_for(i)`; returns the
+    hook handles (remove them to undo)."""
+    _install_routers()
+    handles = []
+    for layer, attn in enumerate(modules):
+        tokens: list = []
+        attention = attention_for(layer)
+
+        def enter(_module, _args, tokens=tokens, attention=attention):
             tokens.append(_ACTIVE.set(attention))
 
         def leave(_module, _args, _out, tokens=tokens):
             _ACTIVE.reset(tokens.pop())
 
-        sharding.handles.append(attn.register_forward_pre_hook(enter))
-        sharding.handles.append(attn.register_forward_hook(leave))
-    return sharding
+        handles.append(attn.register_forward_pre_hook(enter))
+        handles.append(attn.register_forward_hook(leave))
+    return handles
 
 
 def _gatherer(group, comm: Comm, spec: ContextParallelOutput):

@@ -35,13 +35,17 @@ class BaselineReport:
 
 
 def generate_per_class(engine, per_class: int, steps: int | None, guidance: float | None, seed: int):
-    """`per_class` samples of each class (class c uses seeds seed + 1000·c + k); images in [0, 1] and labels."""
+    """`per_class` samples of each class (class c uses seeds seed + 1000·c + k); images in [0, 1] and labels.
+
+    A class-conditional model gets the class id, a text-to-image one (digits-flow) the class name as prompt."""
     from ditserve.request import GenerationRequest
 
+    text = engine.adapter.conditioning == "text"
     images, labels = [], []
     for label in range(len(CLASS_NAMES)):
+        condition = {"prompt": CLASS_NAMES[label]} if text else {"class_label": label}
         request = GenerationRequest(
-            class_label=label, num_images=per_class, steps=steps, guidance_scale=guidance, seed=seed + 1000 * label
+            **condition, num_images=per_class, steps=steps, guidance_scale=guidance, seed=seed + 1000 * label
         )
         images.append(engine.generate(request).images)
         labels.append(torch.full((per_class,), label))

@@ -7,7 +7,7 @@ first), so a cache's hooks wrap the quantized blocks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
@@ -80,6 +80,19 @@ def block_linears(model: LoadedModel) -> dict[str, nn.Linear]:
     return found
 
 
+Scope = Literal["blocks", "transformer"]
+"""Which linear layers a weight quantizer rewrites: those in the blocks (the bulk of the compute), or every
+one in the transformer (the blocks plus the embedders and the output head: the bulk of what is left of the
+weight bytes once the blocks are quantized, and little of the compute)."""
+
+
+def scoped_linears(model: LoadedModel, scope: Scope) -> dict[str, nn.Linear]:
+    """The linears a quantizer with this scope rewrites, by qualified name under the transformer."""
+    if scope == "blocks":
+        return block_linears(model)
+    return {name: m for name, m in model.transformer.named_modules() if isinstance(m, nn.Linear)}
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` where the submodule `name` (dotted) was."""
     parent_name, _, attr = name.rpartition(".")
@@ -87,9 +100,11 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes of the module's stored tensors (parameters and buffers), each storage counted once."""
+    """Bytes of what a checkpoint of the module stores (its state dict: parameters and persistent
+    buffers), each storage counted once. Non-persistent buffers — DiT's sin-cos position table — are
+    recomputed at load, so they are not weights."""
     seen, total = set(), 0
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in module.state_dict(keep_vars=True).values():
         key = tensor.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, block_linears, replace_module
+from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, Scope, replace_module, scoped_linears
 from ditserve.quantization.calibration import input_absmax, smoothing_factors
 from ditserve.registry import QUANTIZERS
 
@@ -37,6 +37,8 @@ class SVDQuantConfig(CalibratedQuantConfig):
     """int4 group size along the input dimension (one fp16 scale per group); a power of two ≥ 32."""
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     """Smoothing strength, as in SmoothQuant."""
+    scope: Scope = "blocks"
+    """The blocks' linears (the paper's choice), or every linear of the transformer (smaller, less faithful)."""
 
 
 class SVDQuantLinear(nn.Module):
@@ -85,12 +87,12 @@ class SVDQuant(Quantizer):
 
     def calibrate(self, model) -> dict[str, torch.Tensor]:
         cfg = self.config
-        return input_absmax(model, block_linears(model), cfg.calibration_samples, cfg.calibration_steps)
+        return input_absmax(model, scoped_linears(model, cfg.scope), cfg.calibration_samples, cfg.calibration_steps)
 
     def apply(self, model) -> None:
         cfg = self.config
         absmax = self.statistics(model)
-        for name, linear in block_linears(model).items():
+        for name, linear in scoped_linears(model, cfg.scope).items():
             if linear.in_features % cfg.group:
                 log.warning("svdquant: %s stays in float: in_features %d is not a multiple of group %d",
                             name, linear.in_features, cfg.group)  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ditserve.sampling.base import Denoise, OnStep, Sampler
+from ditserve.sampling.base import Denoise, OnStep, Sampler, prediction_type
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +29,15 @@ class DiffusersSampler(Sampler):
     def step_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments for `scheduler.step`."""
         return {}
+
+    def flow_settings(self) -> dict[str, Any]:
+        """On a flow-matching checkpoint, what makes a diffusion-ODE scheduler (DPM-Solver++, UniPC) integrate
+        the flow, as diffusers does for Wan: σ from 1 to 0 with the checkpoint's shift, timestep 1000·σ, and a
+        velocity-predicting model. Empty for diffusion checkpoints."""
+        if prediction_type(self.scheduler_config) != "flow":
+            return {}
+        shift = self.scheduler_config.get("flow_shift", self.scheduler_config.get("shift", 1.0))
+        return {"use_flow_sigmas": True, "flow_shift": shift, "prediction_type": "flow_prediction"}
 
     def make_scheduler(self):
         import diffusers  # deferred: importing diffusers costs seconds, and config validation needs none of it

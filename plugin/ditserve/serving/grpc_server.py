@@ -29,6 +29,8 @@ MAX_RECEIVE = 1 << 20
 """Largest request message (1 MiB): prompts are bounded far below this."""
 MAX_SEND = 256 << 20
 """Largest response message (256 MiB): a full batch of raw float32 images at the largest size."""
+WATCH_S = 0.5
+"""How often health checks whether the engine is still alive."""
 FORMATS = {pb.IMAGE_FORMAT_UNSPECIFIED: "png", pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_RAW_F32: "raw"}
 
 
@@ -45,9 +47,11 @@ def to_request(message: pb.GenerateRequest) -> GenerationRequest:
     for name in ("steps", "guidance_scale", "seed", "height", "width"):
         if message.HasField(name):
             fields[name] = getattr(message, name)
-    if message.HasField("sampler"):
-        extra = {k: _number(v) for k, v in json_format.MessageToDict(message.sampler.fields).items()}
-        fields["sampler"] = {"name": message.sampler.name, **extra}
+    for section in ("sampler", "cache"):  # strategy overrides
+        if message.HasField(section):
+            strategy = getattr(message, section)
+            extra = {k: _number(v) for k, v in json_format.MessageToDict(strategy.fields).items()}
+            fields[section] = {"name": strategy.name or "none", **extra}  # unset name: as in REST
     return GenerationRequest(**fields)
 
 
@@ -177,6 +181,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
                 max_queue=limits.max_queue,
                 timeout_s=limits.timeout_s,
                 allow_overrides=limits.allow_overrides,
+                overrides=[pb.Overridable(section=k, names=v) for k, v in limits.overrides.items()],
             ),
         )
         message.plan.update(self.runtime.config.plan.model_dump(mode="json"))
@@ -208,6 +213,8 @@ class GrpcServer:
         self._started = threading.Event()
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
+        self._serving = False
+        self._watch: asyncio.Task | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ditserve-grpc", daemon=True)
 
@@ -251,8 +258,17 @@ class GrpcServer:
         await self._set(False)
         await server.start()
         self._server = server
+        self._watch = asyncio.ensure_future(self._follow_engine())
+
+    async def _follow_engine(self) -> None:
+        """NOT_SERVING once the engine dies (a rank of a multi-process runner), as /livez and /readyz report it."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if self._serving and not self.runtime.alive:
+                await self._set(False)
 
     async def _set(self, serving: bool) -> None:
+        self._serving = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
         await self._health.set(SERVICE, status)
@@ -266,5 +282,6 @@ class GrpcServer:
             return
         self.set_serving(False)
         asyncio.run_coroutine_threadsafe(self._server.stop(grace), self.loop).result(grace + 10)
+        self.loop.call_soon_threadsafe(self._watch.cancel)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

@@ -83,6 +83,17 @@ class Runtime:
     def name(self) -> str:
         return self.config.model.name
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine cannot serve again (a rank of a multi-process runner died or hung): /livez,
+        /readyz and gRPC health then fail, so the orchestrator restarts the service."""
+        return self.engine is None or self.engine.alive
+
+    @property
+    def serving(self) -> bool:
+        """Ready for requests: warmed up, not draining, and the engine alive."""
+        return self.ready.is_set() and self.alive
+
     def on_ready(self, callback: Callable[[], None]) -> None:
         self._on_ready.append(callback)
 
@@ -132,6 +143,8 @@ class Runtime:
         if not self.ready.is_set():
             why = f"loading failed: {self.load_error}" if self.load_error else "still loading and warming up"
             raise NotReady(f"the model {self.name!r} is {why}; retry when /readyz answers 200")
+        if not self.alive:
+            raise NotReady(f"the engine of {self.name!r} is down (a rank died or hung); restart the service")
         return self.scheduler.submit(request, **options)
 
     def add_task(self, ticket: Ticket, fmt: str) -> Task:
@@ -161,7 +174,7 @@ class Runtime:
 
     def describe(self) -> dict:
         info = self.engine.describe() if self.engine else {"name": self.name, "limits": self.config.limits.model_dump()}
-        return {**info, "ready": self.ready.is_set()}
+        return {**info, "ready": self.serving}
 
     def strategies(self) -> list[dict]:
         """Every registered strategy with its config fields; `active` marks this model's plan."""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ditserve.errors import Cancelled, RequestError
 from ditserve.images import to_pil, to_png
+from ditserve.parallel.launcher import RankFailure
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult
 from ditserve.scheduler import QueueFull, ShuttingDown
 
@@ -36,6 +37,8 @@ class GenerateBody(BaseModel):
     width: int | None = Field(None, ge=1, le=100_000)
     sampler: dict[str, Any] | None = None
     """Override of the plan's sampler, `{"name": ..., fields}`, where the model config allows it."""
+    cache: dict[str, Any] | None = None
+    """Override of the plan's cache, `{"name": ..., fields}`, where the model config allows it."""
     format: Literal["json", "png", "raw"] = "json"
     """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
     preview_every: int = Field(0, ge=0, le=100_000)
@@ -120,6 +123,8 @@ def failure(err: BaseException) -> Failure:
     if isinstance(err, QueueFull):
         return Failure(429, "RESOURCE_EXHAUSTED", "queue_full", str(err))
     if isinstance(err, (ShuttingDown, NotReady)):
+        return Failure(503, "UNAVAILABLE", "unavailable", str(err))
+    if isinstance(err, RankFailure):  # the engine is down until a restart: not "serves the next request"
         return Failure(503, "UNAVAILABLE", "unavailable", str(err))
     if isinstance(err, Cancelled):
         if err.reason == "deadline exceeded":

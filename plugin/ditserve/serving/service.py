@@ -68,12 +68,11 @@ class DiffusionServer:
             log.warning("could not install the SIGTERM drain hook; new requests are refused only at shutdown")
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready.is_set()
+        return self.runtime.serving
 
     def __is_alive__(self) -> bool:
         """/livez: false once the engine cannot serve again (a rank of a multi-process runner died or hung)."""
-        engine = self.runtime.engine
-        return engine is None or engine.alive
+        return self.runtime.alive
 
     @bentoml.on_shutdown
     def drain(self) -> None:

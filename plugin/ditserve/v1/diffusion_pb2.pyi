@@ -26,7 +26,7 @@ class Strategy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every")
+    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class GenerateRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     class_label: int
@@ -51,7 +52,8 @@ class GenerateRequest(_message.Message):
     format: ImageFormat
     sampler: Strategy
     preview_every: int
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ...) -> None: ...
+    cache: Strategy
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type", "seed", "channels", "height", "width")
@@ -139,7 +141,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_steps", "max_batch", "max_side", "max_prompt_chars", "max_queue", "timeout_s", "allow_overrides")
+    __slots__ = ("max_steps", "max_batch", "max_side", "max_prompt_chars", "max_queue", "timeout_s", "allow_overrides", "overrides")
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +149,7 @@ class Limits(_message.Message):
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ALLOW_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     max_steps: int
     max_batch: int
     max_side: int
@@ -154,7 +157,16 @@ class Limits(_message.Message):
     max_queue: int
     timeout_s: float
     allow_overrides: bool
-    def __init__(self, max_steps: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_side: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_queue: _Optional[int] = ..., timeout_s: _Optional[float] = ..., allow_overrides: _Optional[bool] = ...) -> None: ...
+    overrides: _containers.RepeatedCompositeFieldContainer[Overridable]
+    def __init__(self, max_steps: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_side: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_queue: _Optional[int] = ..., timeout_s: _Optional[float] = ..., allow_overrides: _Optional[bool] = ..., overrides: _Optional[_Iterable[_Union[Overridable, _Mapping]]] = ...) -> None: ...
+
+class Overridable(_message.Message):
+    __slots__ = ("section", "names")
+    SECTION_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    section: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, section: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StrategyField(_message.Message):
     __slots__ = ("name", "type", "default_json", "doc")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,14 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 
 from ditserve.models.digits.data import CLASS_NAMES, IMAGE_SIDE, load_split
+from ditserve.models.digits.training import (
+    add_arguments,
+    log_progress,
+    optimizer_step,
+    should_log,
+    training_record,
+    update_ema,
+)
 
 DEFAULT_OUT = Path(__file__).parent / "digits-dit"
 NUM_CLASSES = len(CLASS_NAMES)
@@ -49,14 +56,6 @@ def build_transformer() -> DiTTransformer2DModel:
     for block in model.transformer_blocks:
         block.norm1.emb.class_embedder.dropout_prob = 0.0  # we drop labels once per sample instead
     return model
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -93,37 +92,12 @@ def train(args: argparse.Namespace) -> dict:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=gen)
         pred = model(scheduler.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
         loss = F.mse_loss(pred, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(args.ema, (step + 1) / (step + 10))
-            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-                e.lerp_(p, 1.0 - decay)
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+        optimizer_step(optimizer, model, loss, step, args)
+        update_ema(ema, model, step, args.ema)
+        if should_log(step, args):
             val = held_out_loss(ema, scheduler, split.held_out_images, split.held_out_labels, args.seed)
-            elapsed = time.perf_counter() - start
-            log.append({"step": step + 1, "train_loss": round(loss.item(), 5), "held_out_loss": round(val, 5)})
-            print(
-                f"step {step + 1}/{args.steps}  loss {loss.item():.4f}  held-out (EMA) {val:.4f}  {elapsed:.0f}s",
-                flush=True,
-            )
-    record = {
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "ema": args.ema,
-        "label_dropout": args.label_dropout,
-        "train_images": n_train,
-        "seconds": round(time.perf_counter() - start, 1),
-        "threads": args.threads,
-        "final_held_out_loss": log[-1]["held_out_loss"],
-        "log": log,
-    }
+            log_progress(log, step, args, loss.item(), val, start)
+    record = training_record(args, "label", n_train, start, log)
     save(ema, scheduler, Path(args.out), record)
     return record
 
@@ -140,16 +114,8 @@ def save(model: DiTTransformer2DModel, scheduler: DDPMScheduler, out: Path, reco
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    add_arguments(parser, steps=2000, batch_size=128, warmup=100, ema=0.999, dropout="label", threads=2,
+                  out=str(DEFAULT_OUT))  # fmt: skip
     train(parser.parse_args(argv))
 
 

@@ -1,0 +1,84 @@
+"""What the two digits training scripts share: the learning-rate schedule, one optimizer step with
+gradient clipping, the EMA of the weights that gets shipped, the progress log, the command-line options
+and the training record. The scripts differ only in the model and its loss (`train.py`: DDPM epsilon
+loss on a DiT; `train_flow.py`: rectified-flow velocity loss on an MMDiT with text encoders)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import nn
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, step: int, args: argparse.Namespace
+) -> None:
+    """Scheduled learning rate, backward, gradient norm clipped to 1, step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """EMA of the weights, with a warm-up (decay (step+1)/(step+10) at first) so early steps are not frozen in."""
+    decay = min(decay, (step + 1) / (step + 10))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1.0 - decay)
+
+
+def should_log(step: int, args: argparse.Namespace) -> bool:
+    return (step + 1) % args.log_every == 0 or step + 1 == args.steps
+
+
+def log_progress(log: list[dict], step: int, args: argparse.Namespace, loss: float, held_out: float, start: float):
+    """Append to the record's log and print one line."""
+    log.append({"step": step + 1, "train_loss": round(loss, 5), "held_out_loss": round(held_out, 5)})
+    elapsed = time.perf_counter() - start
+    print(f"step {step + 1}/{args.steps}  loss {loss:.4f}  held-out (EMA) {held_out:.4f}  {elapsed:.0f}s", flush=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, warmup: int, ema: float,
+                  dropout: str, threads: int, out: str) -> None:  # fmt: skip
+    """The options both scripts take; `dropout` names the conditioning-dropout option (label or prompt)."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--ema", type=float, default=ema)
+    parser.add_argument(f"--{dropout}-dropout", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--out", default=out)
+
+
+def training_record(args: argparse.Namespace, dropout: str, train_images: int, start: float, log: list[dict]) -> dict:
+    """What `training.json` keeps next to the weights: the settings, the time taken and the loss log."""
+    return {
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "ema": args.ema,
+        f"{dropout}_dropout": getattr(args, f"{dropout}_dropout"),
+        "train_images": train_images,
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": args.threads,
+        "final_held_out_loss": log[-1]["held_out_loss"],
+        "log": log,
+    }
