@@ -35,8 +35,11 @@ class LearningToCacheConfig(CacheConfig):
     """A block whose learned router value at a step is below this reuses its residual there."""
     schedule: str | None = None
     """Path of the learned router (JSON); written by `ditserve calibrate --cache learning-to-cache`."""
-    sparsity: float = Field(0.02, ge=0.0, le=10.0)
-    """Learning only: weight of the penalty that favours reuse (higher: more blocks skipped)."""
+    sparsity: float = Field(0.0005, ge=0.0, le=10.0)
+    """Learning only: weight of the penalty that favours reuse (higher: more blocks skipped). It is weighed
+    against a relative squared error per step, which is small: on digits-dit (4 calibration samples,
+    threshold 0.5, 20 test images) 0.02 skipped 96% of the blocks (8.3 dB), 0.002 skipped 89% (10.3 dB),
+    0.0005 skips 58% (24.5 dB against uncached)."""
     epochs: int = Field(30, ge=1, le=10_000)
     """Learning only: passes over the recorded steps."""
 
