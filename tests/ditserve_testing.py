@@ -54,3 +54,142 @@ def engine_for(path, **plan):
     from ditserve.engine import Engine
 
     return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": "dit"}, "plan": plan}))
+
+
+# -- tiny text-to-image components (tokenizers built from a few lines of text, random encoders, VAE) --
+
+TEXT = [
+    "a photo of a cat sitting on a red mat",
+    "a painting of a dog in the snow",
+    "an astronaut riding a horse on the moon",
+    "the quick brown fox jumps over the lazy dog",
+    "a bowl of fruit on a wooden table",
+    "city lights at night, rain on the street",
+]
+# -- tiny components ---------------------------------------------------------------------------------
+
+
+def clip_tokenizer():
+    """A character-level CLIP BPE tokenizer with a few merges (CLIP's 77-token window)."""
+    from transformers import CLIPTokenizer
+
+    chars = sorted(set("".join(TEXT).replace(" ", "")) | set("abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = [("a", "t</w>"), ("t", "h"), ("th", "e</w>")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def t5_tokenizer():
+    """A T5-style tokenizer: a Unigram model trained on `TEXT`, appending `</s>`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    unigram.train_from_iterator(TEXT * 5, trainer)
+    unigram.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def clip_encoder(tokenizer, hidden: int, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def t5_encoder(tokenizer, d_model: int = 32, umt5: bool = False):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    fields = {
+        "vocab_size": len(tokenizer),
+        "d_model": d_model,
+        "d_ff": 2 * d_model,
+        "d_kv": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "relative_attention_num_buckets": 8,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    return (UMT5EncoderModel(UMT5Config(**fields)) if umt5 else T5EncoderModel(T5Config(**fields))).eval()
+
+
+def image_vae(latent_channels: int, **factors):
+    """A 2-level AutoencoderKL (8x fewer pixels per side is real; 2x keeps the tests small)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        **factors,
+    )
+
+
+def tiny_flux_transformer(num_layers: int, num_single_layers: int):
+    """A random Flux transformer: 2 heads of 16 (Ulysses 2 divides them), 16 latent channels, 32-wide text."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
+
+
+def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int):
+    """A random PixArt-α transformer: 2 heads of 8, 4 latent channels (8 out: learned sigma), 32-wide T5."""
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=num_layers,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=16,
+        out_channels=out_channels,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )

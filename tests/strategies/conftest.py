@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ditserve_testing import tiny_flux_transformer, tiny_pixart_transformer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,43 +48,13 @@ def uncached(dit4_dir):
 
 
 def tiny_flux():
-    from diffusers import FluxTransformer2DModel
-
     torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=2,
-        num_single_layers=3,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(4, 6, 6),
-    ).eval()
+    return tiny_flux_transformer(num_layers=2, num_single_layers=3).eval()
 
 
 def tiny_pixart():
-    from diffusers import PixArtTransformer2DModel
-
     torch.manual_seed(0)
-    return PixArtTransformer2DModel(
-        sample_size=8,
-        num_layers=4,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=16,
-        out_channels=4,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    ).eval()
+    return tiny_pixart_transformer(sample_size=8, num_layers=4, out_channels=4).eval()
 
 
 class FamilyLoop:

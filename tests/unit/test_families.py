@@ -12,20 +12,13 @@ import os
 
 import pytest
 import torch
+from ditserve_testing import clip_encoder, clip_tokenizer, image_vae, t5_encoder, t5_tokenizer
 
 from ditserve.errors import PlanError
 from ditserve.request import GenerationRequest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TEXT = [
-    "a photo of a cat sitting on a red mat",
-    "a painting of a dog in the snow",
-    "an astronaut riding a horse on the moon",
-    "the quick brown fox jumps over the lazy dog",
-    "a bowl of fruit on a wooden table",
-    "city lights at night, rain on the street",
-]
 PROMPT = "a cat on the moon"
 SIZE = {"pixart": (32, 48), "sd3": (32, 48), "flux": (32, 48), "flux-dev": (32, 32), "wan": (32, 64)}
 """(height, width) each family's tests ask for: small, and not square where the family allows it."""
@@ -38,95 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# -- tiny components ---------------------------------------------------------------------------------
-
-
-def clip_tokenizer():
-    """A character-level CLIP BPE tokenizer with a few merges (CLIP's 77-token window)."""
-    from transformers import CLIPTokenizer
-
-    chars = sorted(set("".join(TEXT).replace(" ", "")) | set("abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"))
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    merges = [("a", "t</w>"), ("t", "h"), ("th", "e</w>")]
-    for left, right in merges:
-        vocab[left + right] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-
-
-def t5_tokenizer():
-    """A T5-style tokenizer: a Unigram model trained on `TEXT`, appending `</s>`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import T5TokenizerFast
-
-    unigram = Tokenizer(models.Unigram())
-    unigram.normalizer = normalizers.NFKC()
-    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    unigram.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    unigram.train_from_iterator(TEXT * 5, trainer)
-    unigram.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    return T5TokenizerFast(
-        tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
-
-
-def clip_encoder(tokenizer, hidden: int, with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        projection_dim=hidden,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
-
-
-def t5_encoder(tokenizer, d_model: int = 32, umt5: bool = False):
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
-
-    fields = {
-        "vocab_size": len(tokenizer),
-        "d_model": d_model,
-        "d_ff": 2 * d_model,
-        "d_kv": 8,
-        "num_layers": 1,
-        "num_heads": 2,
-        "relative_attention_num_buckets": 8,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    return (UMT5EncoderModel(UMT5Config(**fields)) if umt5 else T5EncoderModel(T5Config(**fields))).eval()
-
-
-def image_vae(latent_channels: int, **factors):
-    """A 2-level AutoencoderKL (8x fewer pixels per side is real; 2x keeps the tests small)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=latent_channels,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        **factors,
-    )
 
 
 def build_pixart():
