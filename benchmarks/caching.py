@@ -364,8 +364,14 @@ def median(seconds: list[float]) -> str:
 
 def check_targets(rows: list[Row], base: Row) -> list[str]:
     ours = [r for r in rows if r.source != "cache-dit" and r.source != "diffusers"]
+    # Fréchet within 10% either way: the goal is fidelity to the uncached model, and a distance far below its
+    # (heavy caching smooths digits toward the average one) is a changed distribution, not a better one
     good = [
-        r for r in ours if r.speedup >= 3.0 and base.accuracy - r.accuracy <= 0.01 and r.frechet <= 1.1 * base.frechet
+        r
+        for r in ours
+        if r.speedup >= 3.0
+        and base.accuracy - r.accuracy <= 0.01
+        and abs(r.frechet - base.frechet) <= 0.1 * base.frechet
     ]
     best = max(good, key=lambda r: r.speedup, default=None)
     first = (
@@ -422,6 +428,7 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    plt.close(fig)  # written after every row: an open figure each time would pile up
 
 
 def main() -> None:

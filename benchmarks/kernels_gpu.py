@@ -35,7 +35,11 @@ SAGE_VARIANTS = {
     False: [((128, 64, 4, 3), False, (True, True)), ((128, 64, 4, 3), False, (True, False)),
             ((128, 64, 4, 3), False, (False, False)), ((128, 128, 8, 3), False, (True, True)),
             ((128, 128, 8, 3), False, (True, False)), ((128, 128, 8, 3), False, (False, False)),
-            ((128, 128, 8, 3), True, (True, True)), ((128, 128, 8, 3), True, (True, False))],
+            ((128, 128, 8, 3), True, (True, True)), ((128, 128, 8, 3), True, (True, False)),
+            ((128, 64, 8, 3), False, (True, True)), ((128, 64, 4, 4), False, (True, True)),
+            ((128, 64, 4, 2), False, (True, True)), ((64, 64, 4, 3), False, (True, True)),
+            ((128, 64, 4, 4), False, (False, False)), ((128, 64, 8, 3), False, (False, False)),
+            ((128, 128, 8, 2), False, (False, False))],
     True: [((16, 16, 1, 1), False, (True, True)), ((16, 16, 1, 1), False, (False, False)),
            ((16, 16, 1, 1), True, (True, False))],
 }  # fmt: skip

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpu_load import other_cpu_use
+
 RESULTS = Path(__file__).parent / "results" / "parallel.md"
 E_FP32 = 4
 
@@ -34,6 +36,7 @@ RUNNERS = {
     "asyncdiff 2": {"name": "asyncdiff", "components": 2},
     "pipefusion 3": {"name": "pipefusion", "pipefusion": 3, "patches": 4},  # one patch per stage: 64 % 3 != 0
     "asyncdiff 3": {"name": "asyncdiff", "components": 3},
+    "asyncdiff 3, warm-up 4": {"name": "asyncdiff", "components": 3, "warmup_steps": 4},
 }
 """Every runner at 2 ranks, and at 3 or 4 (the staged runners need a degree that divides digits-dit's 6 blocks)."""
 
@@ -188,13 +191,13 @@ def main() -> None:
         return
     from ditserve.models import BUILTIN_MODELS
 
-    results_load = " / ".join(f"{load:.1f}" for load in os.getloadavg())
-    overloaded = (
-        " With more runnable jobs than cores, the 2-thread baseline suffers most (its two OpenMP threads wait on "
-        "each other whenever another job holds a core), so this run's speed-up column overstates: do not read it "
-        "as a speed-up; rerun on an idle machine for that."
-        if os.getloadavg()[0] > (os.cpu_count() or 1)
-        else ""
+    busy = other_cpu_use()
+    conditions = (
+        f"Other processes used {busy:.2f} cores in the 2 s before the run, so the machine was idle: wall times compare."
+        if busy < 0.2
+        else f"Other processes used {busy:.2f} cores in the 2 s before the run: the machine was shared, and the "
+        "2-thread baseline suffers most (its two OpenMP threads wait on each other whenever another job holds a "
+        "core), so the speed-up column is not a speed-up; rerun on an idle machine for that. Bytes are exact."
     )
     with tempfile.TemporaryDirectory() as tmp:
         digits = BUILTIN_MODELS["digits-dit"]
@@ -246,8 +249,7 @@ def main() -> None:
     lines += [
         "",
         "3- and 4-rank rows run 3 or 4 single-threaded ranks on 2 cores (oversubscribed): their times show "
-        "overhead, not speed-up. The machine was shared with other jobs while this ran (load average "
-        f"{results_load} at the start): wall times are noisy; bytes are exact.{overloaded}",
+        f"overhead, not speed-up. {conditions}",
         "",
         "## Projection: Flux.1 on 8 GPUs, from the same formulas",
         "",

@@ -57,6 +57,28 @@ class GaussianData:
         return torch.randn((batch, *self.shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+class RotatedGaussianData(GaussianData):
+    """The same data in a randomly rotated basis: the exact model's Jacobian is no longer diagonal, so a
+    Hutchinson probe of its diagonal is noisy, as on a real network."""
+
+    def __init__(self, scheduler_config: dict, seed: int = 0) -> None:
+        super().__init__(scheduler_config, seed=seed)
+        dims = int(torch.tensor(self.shape).prod())
+        generator = torch.Generator().manual_seed(seed + 7)
+        self.rotation = torch.linalg.qr(torch.randn(dims, dims, generator=generator, dtype=torch.float64))[0]
+
+    def _rotate(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        return (x.double().flatten(1) @ matrix.T).reshape(x.shape)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        inner = super().denoise(self._rotate(x, self.rotation.T).to(x.dtype), t)
+        return self._rotate(inner, self.rotation).to(x.dtype)
+
+    def exact(self, x_start: torch.Tensor, tau_start: float, tau_end: float) -> torch.Tensor:
+        inner = super().exact(self._rotate(x_start, self.rotation.T), tau_start, tau_end)
+        return self._rotate(inner, self.rotation)
+
+
 def run(sampler, data: GaussianData, noise: torch.Tensor, steps: int, counter: list | None = None) -> torch.Tensor:
     """`sampler.sample` over the analytic model; `counter` collects the batch size of every call."""
 

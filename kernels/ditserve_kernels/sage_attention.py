@@ -130,6 +130,7 @@ if triton_importable():
         PV_FP8: tl.constexpr,  # P·448 and V in fp8 E4M3 for the PV product
         Q_GROUP: tl.constexpr,  # tokens per Q scale: 1 (per token) or BLOCK_M (per tile)
         K_GROUP: tl.constexpr,  # tokens per K scale: 1 or BLOCK_N
+        EVEN: tl.constexpr,  # Sk a multiple of BLOCK_N and D == BLOCK_D: K/V tiles need no masks
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -141,41 +142,39 @@ if triton_importable():
             mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
             other=0,
         )
-        # per-tile scales stay scalars: an outer product of two scale vectors costs a second multiply per score
-        # (measured ~30% of the kernel's time on an H200)
-        if Q_GROUP == 1:
-            q_s = tl.load(q_scale_ptr + bh * n_qs + offs_m, mask=offs_m < Sq, other=0.0)[:, None]
+        # The row's scale (Q's, times K's when K has one per tile, times log2 e for exp2) is applied inside the
+        # exponent, one fused multiply-add per score, and to the row maximum (scales are positive, so
+        # max(x·s) = s·max(x)); per-token K scales cost one more multiply per score.
+        if Q_GROUP == 1:  # rows past Sq get scale 1, not 0: 0 · -inf would be NaN
+            q_s = tl.load(q_scale_ptr + bh * n_qs + offs_m, mask=offs_m < Sq, other=1.0)
         else:
-            q_s = tl.load(q_scale_ptr + bh * n_qs + pid_m)
-        q_s = q_s * 1.4426950408889634  # log2(e): softmax via exp2
+            q_s = tl.load(q_scale_ptr + bh * n_qs + pid_m) + tl.zeros([BLOCK_M], dtype=tl.float32)
+        q_s = q_s * 1.4426950408889634
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for start in range(0, Sk, BLOCK_N):
             kn = start + offs_n
-            k = tl.load(
-                k_ptr + bh * Sk * D + kn[None, :] * D + offs_d[:, None],
-                mask=(kn[None, :] < Sk) & (offs_d[:, None] < D),
-                other=0,
-            )
+            k_ptrs = k_ptr + bh * Sk * D + kn[None, :] * D + offs_d[:, None]
+            k = tl.load(k_ptrs) if EVEN else tl.load(k_ptrs, mask=(kn[None, :] < Sk) & (offs_d[:, None] < D), other=0)
+            x = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32)
             if K_GROUP == 1:
-                k_s = tl.load(k_scale_ptr + bh * n_ks + kn, mask=kn < Sk, other=0.0)[None, :]
-                s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * q_s * k_s
+                x = x * tl.load(k_scale_ptr + bh * n_ks + kn, mask=kn < Sk, other=0.0)[None, :]
+                row_scale = q_s
             else:
-                k_s = tl.load(k_scale_ptr + bh * n_ks + start // BLOCK_N)
-                s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * (q_s * k_s)
-            s = tl.where(kn[None, :] < Sk, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+                row_scale = q_s * tl.load(k_scale_ptr + bh * n_ks + start // BLOCK_N)
+            if not EVEN:
+                x = tl.where(kn[None, :] < Sk, x, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(x, axis=1) * row_scale)
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            p = tl.exp2(x * row_scale[:, None] - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v_mask = (kn[:, None] < Sk) & (offs_d[None, :] < D)
             if PV_FP8:
-                v = tl.load(v_ptr + bh * D * Sk + offs_d[None, :] * Sk + kn[:, None], mask=v_mask, other=0.0)
-                pv = tl.dot((p * 448.0).to(tl.float8e4nv), v)
+                v_ptrs = v_ptr + bh * D * Sk + offs_d[None, :] * Sk + kn[:, None]
             else:
-                v = tl.load(v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :], mask=v_mask, other=0.0)
-                pv = tl.dot(p.to(tl.float16), v)
+                v_ptrs = v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :]
+            v = tl.load(v_ptrs) if EVEN else tl.load(v_ptrs, mask=(kn[:, None] < Sk) & (offs_d[None, :] < D), other=0.0)
+            pv = tl.dot((p * 448.0).to(tl.float8e4nv), v) if PV_FP8 else tl.dot(p.to(tl.float16), v)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
         out = acc / l_i[:, None]
@@ -217,13 +216,13 @@ def sage_attention_triton(
         out = torch.empty((B, H, Sq, D), device=q_q.device, dtype=out_dtype)
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(Sq, block_m), B * H)
-    launch = {"num_warps": num_warps or (4 if block_m <= 64 else 8)}
-    if num_stages is not None:
-        launch["num_stages"] = num_stages
+    # 4 warps, 4 stages: the fastest launch for the default 128×64 tile on an H200 (benchmarks/results/kernels-gpu.md)
+    launch = {"num_warps": num_warps or 4, "num_stages": num_stages or 4}
     _sage_kernel[grid](
         q_q, q_s, k_q, k_s, v_in, v_scale.float().contiguous(), out, Sq, Sk, D, q_s.shape[-1], k_s.shape[-1],
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PV_FP8=pv_fp8,
-        Q_GROUP=scale_group(q_s, Sq, block_m), K_GROUP=scale_group(k_s, Sk, block_n), **launch,
+        Q_GROUP=scale_group(q_s, Sq, block_m), K_GROUP=scale_group(k_s, Sk, block_n),
+        EVEN=Sk % block_n == 0 and block_d == D, **launch,
     )  # fmt: skip
     return out
 

@@ -140,12 +140,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.quant:
         from ditserve.quantization.calibrate import calibrate as calibrate_quant
 
-        path = calibrate_quant(args.config, args.quant, args.out, args.samples, None)
+        path = calibrate_quant(args.config, args.quant, args.out, 8 if args.samples is None else args.samples, None)
         print(f"ditserve: wrote {path}; use it with plan.quant: {{name: {args.quant}, calibration: {path}}}")
         return 0
     from ditserve.caching.calibration import calibrate, config_file
 
-    fields = calibrate(args.config, args.cache, args.samples)
+    fields = calibrate(args.config, args.cache, 8 if args.samples is None else args.samples)
     print(f"ditserve: wrote plan.cache {args.cache} {json.dumps(fields)} into {config_file(args.config)}")
     return 0
 
@@ -199,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--out", help="with --quant: statistics file (default calibration/<model>-<quant>.safetensors)")
     cal.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
-    cal.add_argument("--samples", type=int, default=8, help="uncached requests to observe (fixed seeds)")
+    cal.add_argument(
+        "--samples",
+        type=int,
+        help="uncached requests to observe (fixed seeds; default 8, with --sampler its own: dpm-solver-v3 32)",
+    )
     cal.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -70,6 +70,8 @@ class Ticket:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    finished: bool = False
+    """Set once, under the scheduler's lock, when the ticket leaves the admitted count."""
 
     @property
     def images(self) -> int:
@@ -175,15 +177,22 @@ class Scheduler:
     # -- the worker ------------------------------------------------------------------------------
 
     def _finish(self, ticket: Ticket, result: GenerationResult | None = None, exception: BaseException | None = None):
-        """Resolve a ticket once (caller holds no engine lock; the admitted count drops here)."""
-        if ticket.future.done():
-            return
+        """Resolve a ticket once (caller holds no engine lock; the admitted count drops here).
+
+        The count follows `ticket.finished`, not the future: a caller may cancel the future itself (asyncio's
+        `wrap_future` does when the awaiting task is cancelled), and that request still held a place."""
         with self._cond:
+            if ticket.finished:
+                return
+            ticket.finished = True
             self._admitted -= 1
-        if exception is not None:
-            ticket.future.set_exception(exception)
-        else:
-            ticket.future.set_result(result)
+        try:
+            if exception is not None:
+                ticket.future.set_exception(exception)
+            else:
+                ticket.future.set_result(result)
+        except InvalidStateError:  # the caller cancelled the future: nobody waits for the outcome
+            pass
 
     def _work(self) -> None:
         while True:

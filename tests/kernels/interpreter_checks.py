@@ -108,10 +108,10 @@ def check_sage_attention(g: torch.Generator) -> dict:
     bm, bn = default_blocks()
     for dtype in DTYPES:
         for (sq, sk, d), per_token in (
-            ((40, 40, 32), (True, True)),
-            ((19, 35, 8), (True, False)),
-            ((40, 35, 32), (False, True)),
-            ((33, 40, 16), (False, False)),
+            ((40, 40, 32), (True, True)),  # key tiles with a ragged end: the masked path
+            ((19, 35, 8), (True, False)),  # head dim below the tile's 16 as well
+            ((40, 48, 32), (False, True)),  # whole key tiles, head dim = tile: the unmasked (EVEN) path
+            ((33, 48, 16), (False, False)),
         ):
             q, k, v = (torch.randn(2, 2, s, d, generator=g).to(dtype) for s in (sq, sk, sk))
             # an offset in K: what the smoothing removes
@@ -127,8 +127,9 @@ def check_sage_attention(g: torch.Generator) -> dict:
             # fp8 P is rounded from the running-max P in the kernel, from the final-max P in the reference,
             # and the interpreter's in-kernel fp32 → E4M3 rounding is not always torch's (seen: up to one E4M3
             # step on some elements): each P element may differ by up to 2^-3 relative, averaged over the keys.
-            # Measured worst case 0.11 here; the fp8 path's real check is benchmarks/kernels_gpu.py on a GPU.
-            errors[f"{dtype}-{sq}x{sk}x{d}-pv_fp8"] = close("sage fp8 PV", out, want, 0.15)
+            # Over 8 seeds: 0.05 to 0.14 here (near-uniform attention over ≤ 48 keys makes the output small against
+            # its rounding); a wrong scale or layout gives ~1. The fp8 path's real check is benchmarks/kernels_gpu.py.
+            errors[f"{dtype}-{sq}x{sk}x{d}-pv_fp8"] = close("sage fp8 PV", out, want, 0.25)
         torch.library.opcheck(sage_attention_int8, (q_q, q_s, k_q, k_s, v, bm, bn, dtype))
         torch.library.opcheck(sage_attention_int8, (q_q, q_s, k_q, k_s, v, bm, bn, dtype, True))
     return errors

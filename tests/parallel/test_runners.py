@@ -45,6 +45,9 @@ APPROXIMATE = {
     "dit-asyncdiff2": ("digits", {"name": "asyncdiff", "components": 2}, DIGITS_RUN),
     "pixart-pipefusion2": ("pixart", {"name": "pipefusion", "pipefusion": 2, "patches": 4}, {**TEXT, "steps": 10}),
     "pixart-asyncdiff2": ("pixart", {"name": "asyncdiff", "components": 2}, {**TEXT, "steps": 10}),
+    "dit-distrifusion4": ("digits", {"name": "distrifusion", "patches": 4, "warmup_steps": 4}, {**DIGITS, "steps": 12}),
+    "dit-pipefusion2xcfg2": ("digits", {"name": "pipefusion", "pipefusion": 2, "patches": 2, "cfg": 2}, DIGITS_RUN),
+    "dit-asyncdiff2xcfg2": ("digits", {"name": "asyncdiff", "components": 2, "cfg": 2}, DIGITS_RUN),
 }
 QUICK = ("dit-ulysses2", "dit-ring2", "dit-cfg2", "dit-pipefusion2", "dit-asyncdiff2", "pixart-pipefusion2",
          "pixart-asyncdiff2")  # fmt: skip

@@ -111,6 +111,21 @@ def test_int8_leaves_no_float_matrix_in_the_transformer_and_shrinks_it_near_4x(q
     assert weight_bytes(blocks_only.model.transformer) > weight_bytes(engine.model.transformer)
 
 
+def test_svdquant_over_the_whole_transformer_stores_nothing_in_fp32(quant_dit_dir, baseline):
+    """scope: transformer stores what it does not make 4-bit (embedding tables, the patch convolution) in
+    fp16 and still computes it in fp32: the 16-bit deployment its size is compared with."""
+    plan = {**PLANS["svdquant"], "scope": "transformer"}
+    engine = engine_for(quant_dit_dir, quant=plan)
+    stored = engine.model.transformer.state_dict()
+    assert not [k for k, v in stored.items() if v.dtype == torch.float32]
+    assert any("embedding_table.parametrizations.weight.original" in k for k in stored)
+    table = engine.model.transformer.get_submodule("transformer_blocks.0.norm1.emb.class_embedder.embedding_table")
+    assert table.weight.dtype == torch.float32  # computed in fp32, from fp16
+    blocks_only = engine_for(quant_dit_dir, quant=PLANS["svdquant"])
+    assert weight_bytes(engine.model.transformer) < weight_bytes(blocks_only.model.transformer)
+    assert (images(engine) - baseline).abs().mean() <= MAX_ERROR["svdquant"]
+
+
 @pytest.mark.parametrize("name", list(PLANS))
 def test_quantizer_composes_with_a_cache_and_a_sampler(name, quant_dit_dir):
     plan = {"quant": PLANS[name], "cache": {"name": "fora", "interval": 2}, "sampler": {"name": "ddpm", "steps": 4}}

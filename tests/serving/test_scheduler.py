@@ -103,6 +103,29 @@ def test_cancel_and_deadline_stop_within_one_step(engine):
         scheduler.close(30)
 
 
+def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engine):
+    """asyncio's `wrap_future` cancels the ticket's future when the awaiting task is cancelled (a gRPC client
+    past its deadline); the request must still leave the queue count, or every such request leaks a place."""
+    scheduler = make(engine, batch_wait_ms=0.0, max_queue=1)
+    try:
+        seen = []
+        ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
+        for _ in range(2000):  # bounded: 10 s
+            if seen:
+                break
+            time.sleep(0.005)
+        assert ticket.future.cancel()
+        scheduler.cancel(ticket)
+        for _ in range(2000):
+            if scheduler.admitted == 0:
+                break
+            time.sleep(0.005)
+        assert scheduler.admitted == 0
+        assert scheduler.submit(req(2, steps=2)).result(30).stats.steps == 2
+    finally:
+        scheduler.close(30)
+
+
 def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
     """Fault injection (a mock, named as such): an out-of-memory error we cannot cause on this machine."""
     scheduler = make(engine, batch_wait_ms=0.0)

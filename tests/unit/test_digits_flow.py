@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from ditserve.models import BUILTIN_MODELS
-from ditserve.models.digits.prompts import all_prompts
+from ditserve.models.digits.prompts import all_prompts, example_prompts, prompt_for
 from ditserve.quality import load_classifier
 from ditserve.request import GenerationRequest
+from ditserve.sampling.calibration import EXAMPLE_PROMPTS_FILE, calibration_requests
 
 CHECKPOINT = BUILTIN_MODELS["digits-flow"]
 TRAINED = ("transformer", "text_encoder", "text_encoder_2")
@@ -69,6 +70,7 @@ def test_training_is_seeded_and_reproducible(tmp_path):
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+    assert json.loads((tmp_path / "a" / EXAMPLE_PROMPTS_FILE).read_text()) == example_prompts()
 
 
 def test_the_engine_runs_what_the_diffusers_pipeline_runs(flow_engine):
@@ -105,3 +107,12 @@ def test_prompts_choose_the_digit(flow_engine):
         with torch.no_grad():
             predicted = classifier(images * 2 - 1).argmax(dim=1)
         assert (predicted == digit).sum() >= 3, (prompt, predicted.tolist())
+
+
+def test_sampler_calibration_prompts_the_model_with_its_training_prompts(flow_engine):
+    """`ditserve calibrate --sampler` runs the prompts the checkpoint ships (every digit in turn), not the stock
+    ones ("a photo of a cat"), which this model never saw: statistics measured on those mislead the sampler."""
+    assert json.loads((CHECKPOINT / EXAMPLE_PROMPTS_FILE).read_text()) == example_prompts()
+    requests = calibration_requests(flow_engine, 12)
+    assert [r.prompt for r in requests] == [prompt_for(d, 0) for d in range(10)] + [prompt_for(0, 1), prompt_for(1, 1)]
+    assert len({r.seed for r in requests}) == 12

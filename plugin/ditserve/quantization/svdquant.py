@@ -9,7 +9,8 @@ Per linear layer, from calibration:
 y = W4A4(x̂, R) + (x̂·L₁)·L₂ + b runs as one fused kernel (`ditserve_kernels.w4a4_gemm`: Triton on a
 GPU, its torch reference on a CPU, where the numbers are W4A4's and the speed is not).
 Layers whose input width is not a multiple of `group` stay in float (named in the log).
-The low-rank factors are stored in fp16.
+The low-rank factors are stored in fp16; with `scope: transformer`, so is every other fp32 parameter
+(embedding tables, the patch convolution), as the paper keeps what it does not quantize in 16 bits.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, Scope, replace_module, scoped_linears
+from ditserve.quantization.base import (
+    CalibratedQuantConfig,
+    Quantizer,
+    Scope,
+    replace_module,
+    scoped_linears,
+    store_fp32_parameters_in_fp16,
+)
 from ditserve.quantization.calibration import input_absmax, smoothing_factors
 from ditserve.registry import QUANTIZERS
 
@@ -38,7 +46,8 @@ class SVDQuantConfig(CalibratedQuantConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     """Smoothing strength, as in SmoothQuant."""
     scope: Scope = "blocks"
-    """The blocks' linears (the paper's choice), or every linear of the transformer (smaller, less faithful)."""
+    """The blocks' linears (the paper's choice), or every linear of the transformer, the remaining fp32 parameters
+    stored in fp16 (smaller, less faithful)."""
 
 
 class SVDQuantLinear(nn.Module):
@@ -99,3 +108,5 @@ class SVDQuant(Quantizer):
                 continue
             smooth = smoothing_factors(absmax[name], linear.weight, cfg.alpha)
             replace_module(model.transformer, name, SVDQuantLinear(linear, smooth, cfg.rank, cfg.group))
+        if cfg.scope == "transformer":
+            store_fp32_parameters_in_fp16(model.transformer)

@@ -10,7 +10,7 @@ each point gets its own γ_j fitted on the residuals of the points up to j only 
 which keeps the causality Picard has and converges in far fewer rounds. The first unfinished point is
 always set by plain Picard (it is then exact), so every round finishes at least one step. By default the
 window is the whole remaining trajectory, the paper's setting; a point is final once its residual is
-at most `tolerance`.
+at most `tolerance` times σ there (ParaDiGMS's criterion).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from ditserve.registry import SAMPLERS
 from ditserve.sampling.ode import ODESamplerConfig
 from ditserve.sampling.paradigms import PicardSampler
 
+TOLERANCE = 0.1
+"""Default `tolerance` (relative to σ), from the ParaDiGMS sweep: Anderson acceleration converges in fewer
+rounds, so a tighter tolerance fits the goal with margin (20 steps: 2.5× at 51 dB on digits-dit, 2.2× at 56 dB
+on digits-flow; 50 steps: 5.6× at 46 dB, 5.0× at 52 dB); 0.3 fell to 34 dB at 50 steps on digits-dit."""
+
 
 class ParaTAAConfig(ODESamplerConfig):
     name: Literal["parataa"] = "parataa"
@@ -31,8 +36,8 @@ class ParaTAAConfig(ODESamplerConfig):
     """Steps evaluated together in one batched call; None: every remaining step (the paper's setting)."""
     history: int = Field(3, ge=1, le=16)
     """Past iterates Anderson acceleration mixes."""
-    tolerance: float = Field(2e-3, gt=0.0, le=1.0)
-    """A point is final once its root-mean-square residual is at most this (sample units)."""
+    tolerance: float = Field(TOLERANCE, gt=0.0, le=1.0)
+    """A point is final once its root-mean-square residual is at most this times σ at its timestep (as ParaDiGMS)."""
     regularization: float = Field(1e-6, ge=0.0, le=1.0)
     """Ridge term of the least-squares fits (relative to their scale), for stability."""
 
@@ -50,6 +55,7 @@ class ParaTAA(PicardSampler):
         steps = len(taus) - 1
         window = config.window or steps
         a, b = self.step_terms(taus)
+        limits = self.thresholds(taus)
         xs = [x] * (steps + 1)
         start, history, previous = 0, [], None
         while start < steps:
@@ -66,7 +72,7 @@ class ParaTAA(PicardSampler):
             new[0] = picard[0]  # exact: the first unfinished point follows from a final one
             sizes = residual.pow(2).flatten(2).mean(dim=2).sqrt().amax(dim=1)  # per point, worst image
             advance = 1
-            while advance < end - start and float(sizes[advance]) <= config.tolerance:
+            while advance < end - start and float(sizes[advance]) <= limits[start + advance + 1]:
                 advance += 1
             for j in range(end - start):
                 xs[start + 1 + j] = new[j]

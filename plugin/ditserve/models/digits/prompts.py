@@ -43,6 +43,13 @@ def all_prompts() -> list[str]:
     return [prompt_for(label, k) for label in range(len(CLASS_NAMES)) for k in range(len(TEMPLATES))]
 
 
+def example_prompts() -> list[str]:
+    """Every training prompt, digit-minor ("zero", "one", …, then the next template), so that any first k of
+    them cover the digits evenly: the checkpoint's `example_prompts.json`, which `ditserve calibrate` prompts
+    the model with."""
+    return [prompt_for(label, k) for k in range(len(TEMPLATES)) for label in range(len(CLASS_NAMES))]
+
+
 def sample_prompts(labels: torch.Tensor, drop: float, generator: torch.Generator) -> list[str]:
     """One random template per label; with probability `drop` the empty (unconditional) prompt instead."""
     templates = torch.randint(0, len(TEMPLATES), (labels.shape[0],), generator=generator)

@@ -28,7 +28,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, St
 from torch import nn
 
 from ditserve.models.digits.data import IMAGE_SIDE, load_split
-from ditserve.models.digits.prompts import MAX_TOKENS, TEMPLATES, build_tokenizer, prompt_for, sample_prompts
+from ditserve.models.digits.prompts import (
+    MAX_TOKENS,
+    TEMPLATES,
+    build_tokenizer,
+    example_prompts,
+    prompt_for,
+    sample_prompts,
+)
 from ditserve.models.digits.training import (
     add_arguments,
     log_progress,
@@ -38,6 +45,7 @@ from ditserve.models.digits.training import (
     update_ema,
 )
 from ditserve.models.text import CALL_DEFAULTS_FILE
+from ditserve.sampling.calibration import EXAMPLE_PROMPTS_FILE
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
 TEXT_WIDTH = 64
@@ -169,11 +177,13 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def save(pipe: StableDiffusion3Pipeline, out: Path, record: dict) -> None:
-    """Write the pipeline in diffusers' layout, the call defaults it needs and the training record."""
+    """Write the pipeline in diffusers' layout, the call defaults it needs, the training record and the
+    prompts calibration uses."""
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / CALL_DEFAULTS_FILE).write_text(json.dumps(CALL_DEFAULTS, indent=1) + "\n")
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / EXAMPLE_PROMPTS_FILE).write_text(json.dumps(example_prompts(), indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
