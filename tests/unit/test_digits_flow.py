@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ditserve.caching.calibration import EXAMPLE_PROMPTS_FILE, calibration_requests
 from ditserve.models import BUILTIN_MODELS
 from ditserve.models.digits.prompts import all_prompts, example_prompts, prompt_for
 from ditserve.quality import load_classifier
 from ditserve.request import GenerationRequest
-from ditserve.sampling.calibration import EXAMPLE_PROMPTS_FILE, calibration_requests
 
 CHECKPOINT = BUILTIN_MODELS["digits-flow"]
 TRAINED = ("transformer", "text_encoder", "text_encoder_2")

@@ -8,6 +8,7 @@ strategy (its other fields kept when it already did). The rest of the file is re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,25 @@ def calibrate(config: str, cache: str, samples: int) -> dict[str, Any]:
     return fields
 
 
-def calibration_requests(engine, samples: int):
-    """`samples` requests with fixed seeds: every class in turn for class models, stock prompts otherwise."""
+EXAMPLE_PROMPTS_FILE = "example_prompts.json"
+"""A checkpoint's own prompts (a JSON list), in the order calibration cycles through them."""
+STOCK_PROMPTS = ("a photo of a cat", "a mountain lake at dawn", "a red bicycle", "an old city street")
+
+
+def calibration_requests(engine, samples: int) -> list:
+    """`samples` requests with fixed seeds, for every calibration of a cache or a sampler: every class
+    in turn for class models; for text models the prompts the checkpoint ships in `example_prompts.json`
+    (digits-flow: its training prompts, every digit in turn), else stock prompts. Statistics of a model on
+    prompts it never saw do not describe how it samples: DPM-Solver-v3 calibrated on the stock prompts
+    reached 16 dB on digits-flow at 5 steps, on its own prompts 26.5 dB (sampling/dpm_solver_v3.py)."""
     from ditserve.request import GenerationRequest
 
-    prompts = ["a photo of a cat", "a mountain lake at dawn", "a red bicycle", "an old city street"]
-    labels = sorted(engine.model.id2label) or list(range(10))
-    for k in range(samples):
-        if engine.adapter.conditioning == "class":
-            yield GenerationRequest(class_label=labels[k % len(labels)], seed=1000 + k)
-        else:
-            yield GenerationRequest(prompt=prompts[k % len(prompts)], seed=1000 + k)
+    if engine.adapter.conditioning == "class":
+        labels = sorted(engine.model.id2label) or list(range(10))
+        return [GenerationRequest(class_label=labels[k % len(labels)], seed=1000 + k) for k in range(samples)]
+    path = engine.model.path / EXAMPLE_PROMPTS_FILE
+    prompts = json.loads(path.read_text()) if path.is_file() else STOCK_PROMPTS
+    return [GenerationRequest(prompt=prompts[k % len(prompts)], seed=1000 + k) for k in range(samples)]
 
 
 class ChangeRecorder(BlockCache):

@@ -2,10 +2,8 @@
 
 Samplers that need calibration (`needs_calibration`: DPM-Solver-v3's statistics, DC-Solver's
 compensation ratios) observe fixed-seed requests run through the engine (as many as the sampler's
-`calibration_samples` unless `--samples` says). A text model is prompted with the prompts its checkpoint
-ships in `example_prompts.json` (digits-flow: its training prompts, every digit in turn), since statistics
-of a model on prompts it never saw (the stock "a photo of a cat") do not describe how it samples; without
-that file, and for class models, the caching calibration's requests are used; with `--auto-steps`,
+`calibration_samples` unless `--samples` says): the requests every calibration uses
+(`caching.calibration.calibration_requests`: a text model's own example prompts); with `--auto-steps`,
 any sampler gets the fewest steps that reach a PSNR target against its full-step output. The fields
 found go into the YAML's `plan.sampler`, which then names that sampler (its other fields kept when it
 already did), the same way `ditserve calibrate --cache` fills `plan.cache`.
@@ -13,7 +11,6 @@ already did), the same way `ditserve calibrate --cache` fills `plan.cache`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
@@ -22,27 +19,14 @@ from ditserve.config import load_config
 from ditserve.errors import PlanError
 from ditserve.registry import SAMPLERS
 
-EXAMPLE_PROMPTS_FILE = "example_prompts.json"
-"""A checkpoint's own prompts (a JSON list), in the order calibration cycles through them."""
 DEFAULT_SAMPLES = 8
 """Calibration requests of a sampler that names no `calibration_samples` of its own (DC-Solver)."""
 
 
-def calibration_requests(engine, samples: int):
-    """`samples` fixed-seed requests: the checkpoint's example prompts for a text model that ships them,
-    otherwise the caching calibration's (every class in turn; stock prompts)."""
-    from ditserve.caching.calibration import calibration_requests as stock_requests
-    from ditserve.request import GenerationRequest
-
-    path = engine.model.path / EXAMPLE_PROMPTS_FILE
-    if engine.adapter.conditioning != "text" or not path.is_file():
-        return list(stock_requests(engine, samples))
-    prompts = json.loads(path.read_text())
-    return [GenerationRequest(prompt=prompts[k % len(prompts)], seed=1000 + k) for k in range(samples)]
-
-
 def run_sampler(engine, sampler, samples: int, steps: int | None = None):
     """Run the calibration requests through `engine` as one batch with `sampler` in place of the plan's."""
+    from ditserve.caching.calibration import calibration_requests
+
     requests = [r.model_copy(update={"steps": steps}) for r in calibration_requests(engine, samples)]
     planned = engine.sampler
     engine.sampler = sampler

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
 
+from ditserve.caching.calibration import EXAMPLE_PROMPTS_FILE
 from ditserve.models.digits.data import IMAGE_SIDE, load_split
 from ditserve.models.digits.prompts import (
     MAX_TOKENS,
@@ -45,7 +46,6 @@ from ditserve.models.digits.training import (
     update_ema,
 )
 from ditserve.models.text import CALL_DEFAULTS_FILE
-from ditserve.sampling.calibration import EXAMPLE_PROMPTS_FILE
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
 TEXT_WIDTH = 64
