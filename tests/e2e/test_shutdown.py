@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 
-import httpx
 import pytest
 from server_process import API_KEY
 
@@ -36,9 +35,9 @@ def test_sigterm_drains_in_flight_requests(server):
         time.sleep(0.05)
     os.kill(server.proc.pid, signal.SIGTERM)
     time.sleep(0.5)
-    with pytest.raises((ServerError, httpx.TransportError)) as refused:  # closed port, or 503 while draining
+    with pytest.raises(ServerError) as refused:  # 503 while draining, or the port already closed
         RestClient(server.url, API_KEY, timeout=10).generate(class_label=1, steps=2)
-    assert not isinstance(refused.value, ServerError) or refused.value.status == 503
+    assert refused.value.status in (503, "UNAVAILABLE")
     with pytest.raises(ServerError) as rpc:
         GrpcClient(server.grpc, API_KEY).generate(class_label=1, steps=2, timeout=10)
     assert rpc.value.status == "UNAVAILABLE"
