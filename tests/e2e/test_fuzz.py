@@ -2,12 +2,14 @@
 
 Hypothesis draws request bodies mixing valid and invalid values of every field (wrong types, out of
 range, NaN/Infinity, unknown fields, huge strings); every answer must be a 2xx or 4xx, and the server
-must still be ready and serve a normal request afterwards. Steps are kept small so the run stays short.
+must still be ready and serve a normal request afterwards. Steps are kept small so the run stays short;
+`DITSERVE_FUZZ_EXAMPLES=1000 pytest tests/e2e/test_fuzz.py` runs a longer one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import pytest
@@ -17,7 +19,8 @@ from server_process import API_KEY
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = 60
+EXAMPLES = int(os.environ.get("DITSERVE_FUZZ_EXAMPLES", "60"))
+"""Bodies for /generate (half as many for the OpenAI route); raise it for a longer run outside CI."""
 
 junk = st.one_of(
     st.none(),
