@@ -34,15 +34,29 @@ def test_rest_and_grpc_give_the_same_image(rest, grpc_client):
     assert png_a["images"][0]["data"].startswith(b"\x89PNG")
 
 
+def test_rest_client_reconnects_when_the_server_closes_its_idle_connection(server):
+    """uvicorn closes a keep-alive connection after 5 idle seconds; the client's next call must open a new
+    one and succeed, not fail on the dead socket (it keeps one connection per thread, see `RestClient`)."""
+    import select
+
+    rest = RestClient(server.url, API_KEY)
+    first = rest.generate(class_label=2, seed=4, steps=2)
+    sock = rest._local.connection.sock  # peeked at to make sure the server really closed it before the next call
+    assert select.select([sock], [], [], 15)[0], "the server kept the idle connection open; nothing to test"
+    again = rest.generate(class_label=2, seed=4, steps=2)
+    assert again["images"][0]["data"] == first["images"][0]["data"]
+    assert rest._local.connection.sock is not sock
+    rest.close()
+
+
 def test_a_batched_image_is_bit_identical_to_the_request_alone(server, rest):
     seeds = [21, 22, 23]  # the queue holds 3
     batches_before = server.metric("ditserve_batch_images_count")
     images_before = server.metric("ditserve_batch_images_sum")
     together: dict[int, bytes] = {}
 
-    def one(seed):
-        together[seed] = RestClient(server.url, API_KEY).generate(class_label=5, seed=seed, format="raw")["images"][0]
-        together[seed] = together[seed]["data"]
+    def one(seed):  # the threads share one client (it keeps a connection per thread)
+        together[seed] = rest.generate(class_label=5, seed=seed, format="raw")["images"][0]["data"]
 
     threads = [threading.Thread(target=one, args=(s,)) for s in seeds]
     for t in threads:
