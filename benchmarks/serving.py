@@ -1,13 +1,14 @@
 """Serving overhead and throughput, written to benchmarks/results/serving.md.
 
 The servers run the deployed Bento's config (bentos/digits/model.yaml: the embedded digits DiT, DDIM,
-guidance 4, batches of 16 images padded for bit-identity, a 25 ms batch window, every core), changed only where a
+guidance 4, batches of 16 images padded for bit-identity, a 10 ms wait after the last arrival, every core), changed only where a
 row says so. Requests ask for fewer steps than the plan's 50 to keep the run short: a request's cost
 is steps × the cost of one step, so the ratios below do not depend on it.
 
 1. Per-request overhead of REST and gRPC over an in-process `Engine.generate` of the same request
    (2 steps, so the overhead is not lost in model time), against a server with batching off so both
-   run the same shapes: p50 and p99 of (server call − the in-process call made beside it).
+   run the same shapes: p50 and p99 of (server call − the engine time the server reports for it),
+   measured again before each throughput round and reported as the median over rounds.
 2. Throughput (requests/s) at 1, 4 and 16 concurrent REST clients against three servers: unbatched
    (`batch_images: 1`), the Bento's config (batched, padded: bit-identical) and batched unpadded;
    median of `--repeats` rounds that visit the servers in turn (so a change in machine load hits all of
@@ -301,12 +302,13 @@ def main() -> int:
         for server in servers.values():
             server.wait_ready()
         engine = Engine.from_config(configs["unbatched"])
-        lat = overhead(servers["unbatched"], engine, args.overhead_n)
-        print(f"overhead p50 REST {lat['rest']['p50']:.2f} ms, gRPC {lat['grpc']['p50']:.2f} ms", flush=True)
         scaling = engine_scaling(engine, args.steps, args.repeats)
-        del engine
+        rounds = []
         runs = {name: {clients: [] for clients in CLIENTS} for name in servers}
         for _ in range(args.repeats):  # round-robin over the servers, so drift in machine load hits all alike
+            rounds.append(overhead(servers["unbatched"], engine, args.overhead_n))
+            last = rounds[-1]
+            print(f"overhead p50 REST {last['rest']['p50']:.2f} ms, gRPC {last['grpc']['p50']:.2f} ms", flush=True)
             for clients in CLIENTS:
                 for name, server in servers.items():
                     runs[name][clients].append(throughput(server, clients, args.steps))
@@ -320,12 +322,14 @@ def main() -> int:
             for name in servers
         }
         fills = {name: statistics.median(f for _, f in runs[name][CLIENTS[-1]]) for name in servers}
+        lat = {path: {k: statistics.median(r[path][k] for r in rounds) for k in rounds[0][path]} for path in rounds[0]}
         reference = raw_image(servers["unbatched"], args.steps)
         fidelity = {name: float(np.abs(raw_image(s, args.steps) - reference).max()) for name, s in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
 
+    per_round = {name: ", ".join(f"{r[name]['p50']:.2f}" for r in rounds) for name in ("rest", "grpc")}
     speedup = ratios[BATCHED][16]
     best = max(ratios[name][16] for name in servers)
     goals = [
@@ -348,17 +352,22 @@ def main() -> int:
         "## Per-request overhead over an in-process `Engine.generate` (ms)",
         "",
         f"The same {OVERHEAD_STEPS}-step request, {args.overhead_n} times in-process, then {args.overhead_n} times "
-        f"per transport (interleaved) against the server with batching off. In-process `Engine.generate` p50 "
+        f"per transport (interleaved) against the server with batching off; repeated before each of the "
+        f"{args.repeats} throughput rounds, and each figure below is the median over the rounds (this machine's "
+        "speed drifts by up to half between minutes; per-round paired p50s in the last column). "
+        "In-process `Engine.generate` p50 "
         f"{lat['in-process']['p50']:.1f} ms, p99 {lat['in-process']['p99']:.1f} ms. Paired overhead: each call's "
         "latency minus the engine time the server reported for that call (client, HTTP/gRPC, validation, queue, "
         "PNG encoding, thread hand-offs); the goal uses it. vs in-process: latency p50 minus the in-process p50, "
         "measured minutes apart, so it also carries the drift of the engine's own time between the two phases "
         "(on the H200 machine the same in-process 2-step call took 14 to 24 ms from one minute to the next).",
         "",
-        "| transport | latency p50 | paired overhead p50 | paired overhead p99 | latency p50 − in-process p50 |",
-        "|---|---|---|---|---|",
+        "| transport | latency p50 | paired overhead p50 | paired overhead p99 | latency p50 − in-process p50 "
+        "| paired p50 per round |",
+        "|---|---|---|---|---|---|",
         *(f"| {name} | {lat[name]['latency']:.2f} | {lat[name]['p50']:.2f} | {lat[name]['p99']:.2f} "
-          f"| {lat[name]['vs in-process']:.2f} |" for name in ("rest", "grpc")),
+          f"| {lat[name]['vs in-process']:.2f} | {per_round[name]} |"
+          for name in ("rest", "grpc")),
         "",
         f"## Throughput (requests/s, {args.steps} steps each, median of {args.repeats} rounds over the servers in "
         "turn; × = median ratio to the unbatched run of the same round)",

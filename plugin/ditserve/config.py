@@ -125,7 +125,12 @@ class ServeLimits(_Section):
     max_queue: int = Field(64, ge=1, le=100_000)
     """Requests waiting beyond this are refused (HTTP 429 / RESOURCE_EXHAUSTED)."""
     batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
-    """How long the scheduler waits to fill a batch with compatible requests."""
+    """How long the scheduler waits for another compatible request before it runs a batch that is not full; the
+    wait starts again at each one that joins, so a stream of arrivals (clients answered by the previous batch
+    coming back) fills the batch, while a lone request waits this long once."""
+    batch_wait_max_ms: float = Field(100.0, ge=0.0, le=10_000.0)
+    """The longest a batch waits to fill in all, however steadily requests keep arriving (never less than
+    `batch_wait_ms`)."""
     batch_images: int = Field(8, ge=1, le=256)
     """Images the scheduler packs into one batched model call (requests with more run alone)."""
     pad_batches: bool = True

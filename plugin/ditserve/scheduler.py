@@ -4,7 +4,10 @@ Requests are validated when they are submitted (so a bad one costs no model work
 admitted only while fewer than `max_queue` are waiting or running (else `QueueFull`, which
 transports turn into 429 / RESOURCE_EXHAUSTED), and run by one worker thread. The worker packs
 compatible requests (same `Job.batch_key`: steps, size, guidance, sampler) into one model call of at
-most `batch_images` images, waiting up to `batch_wait_ms` for company.
+most `batch_images` images. It waits for company up to `batch_wait_ms` after the last request that
+joined, up to `batch_wait_max_ms` in all: a fixed window from the first request missed the clients
+that the previous batch had just answered whenever their answers and new requests took longer than
+the window (on a 2-core CPU the batches at 16 clients held 8 to 11 images instead of 16).
 
 Bit-identity: CPU and GPU matrix products round differently for different batch shapes, so an
 image computed next to others can differ in the last bits from the same image computed alone. With
@@ -202,8 +205,9 @@ class Scheduler:
             self._run(batch)
 
     def _next_batch(self) -> list[Ticket] | None:
-        """The oldest ticket plus compatible ones, up to `batch_images`, waiting up to `batch_wait_ms`."""
-        cap, wait = self.limits.batch_images, self.limits.batch_wait_ms / 1000
+        """The oldest ticket plus compatible ones, up to `batch_images`; waits `batch_wait_ms` after the last one
+        that joined, `batch_wait_max_ms` at most."""
+        cap, gap = self.limits.batch_images, self.limits.batch_wait_ms / 1000
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -211,14 +215,21 @@ class Scheduler:
                 self._cond.wait()
             first = self._queue.popleft()
             batch, images = [first], first.images
-            until = time.monotonic() + wait
+            now = time.monotonic()
+            last_call = now + max(self.limits.batch_wait_ms, self.limits.batch_wait_max_ms) / 1000
+            until = min(now + gap, last_call)
             while images < cap:
+                joined = False
                 for ticket in list(self._queue):
                     if ticket.job.batch_key == first.job.batch_key and images + ticket.images <= cap:
                         self._queue.remove(ticket)
                         batch.append(ticket)
                         images += ticket.images
-                left = until - time.monotonic()
+                        joined = True
+                now = time.monotonic()
+                if joined:
+                    until = min(now + gap, last_call)
+                left = until - now
                 if images >= cap or left <= 0 or self._closing:
                     break
                 self._cond.wait(left)
