@@ -1,9 +1,9 @@
 """Serving overhead and throughput, written to benchmarks/results/serving.md.
 
 The servers run the deployed Bento's config (bentos/digits/model.yaml: the embedded digits DiT, DDIM,
-guidance 4, batches of 16 images padded for bit-identity, a 10 ms wait after the last arrival, every core), changed only where a
-row says so. Requests ask for fewer steps than the plan's 50 to keep the run short: a request's cost
-is steps × the cost of one step, so the ratios below do not depend on it.
+guidance 4, batches of 16 images padded for bit-identity, a 10 ms wait after the last arrival, every
+core), changed only where a row says so. Requests ask for fewer steps than the plan's 50 to keep the run
+short: a request's cost is steps × the cost of one step, so the ratios below do not depend on it.
 
 1. Per-request overhead of REST and gRPC over an in-process `Engine.generate` of the same request
    (2 steps, so the overhead is not lost in model time), against a server with batching off so both
@@ -203,20 +203,20 @@ def throughput(server: Server, clients: int, steps: int) -> tuple[float, float]:
 
 
 def engine_scaling(engine, steps: int, repeats: int) -> dict[int, float]:
-    """Seconds per image of `generate_batch` with n one-image requests, median of `repeats` runs."""
+    """Seconds per image of `generate_batch` with n one-image requests, median of `repeats` rounds that visit
+    every n in turn (so a drift of the machine's speed hits every n alike)."""
     from ditserve.request import GenerationRequest
 
-    out = {}
-    for n in CLIENTS:
-        requests = [GenerationRequest(class_label=k % 10, seed=k, steps=steps) for k in range(n)]
+    calls = {n: [GenerationRequest(class_label=k % 10, seed=k, steps=steps) for k in range(n)] for n in CLIENTS}
+    runs: dict[int, list[float]] = {n: [] for n in CLIENTS}
+    for requests in calls.values():
         engine.generate_batch(requests)  # warm this shape
-        runs = []
-        for _ in range(repeats):
+    for _ in range(repeats):
+        for n, requests in calls.items():
             started = time.perf_counter()
             engine.generate_batch(requests)
-            runs.append(time.perf_counter() - started)
-        out[n] = statistics.median(runs) / n
-    return out
+            runs[n].append(time.perf_counter() - started)
+    return {n: statistics.median(r) / n for n, r in runs.items()}
 
 
 def scaling_lines(scaling: dict[int, float], steps: int, device: str) -> list[str]:
