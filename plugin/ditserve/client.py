@@ -39,7 +39,7 @@ class RestClient:
 
     Built on the standard library's http.client, with one keep-alive connection per calling thread (so one
     client may be shared by threads). Measured against the same server, per call (p50, 2-core CPU): httpx
-    +2.0 ms, urllib3 +0.5 ms over http.client — on a 4–5 ms per-request overhead (benchmarks/serving.py).
+    +2.0 ms, urllib3 +0.5 to 1.0 ms over http.client — on a 4–5 ms per-request overhead (benchmarks/serving.py).
     A server that cannot be reached raises `ServerError("UNAVAILABLE")`, as the gRPC client does.
     """
 
@@ -67,10 +67,12 @@ class RestClient:
         sock = connection.sock if connection is not None else None
         if sock is not None and not select.select([sock], [], [], 0)[0]:  # an idle socket is readable only at EOF
             return connection, True
-        if connection is not None:
-            connection.close()
-        connection = self._local.connection = self._connection_class(*self._address, timeout=self.timeout)
         with self._lock:
+            if connection is not None:
+                connection.close()
+                if connection in self._opened:  # gone if `close()` already dropped it
+                    self._opened.remove(connection)
+            connection = self._local.connection = self._connection_class(*self._address, timeout=self.timeout)
             self._opened.append(connection)
         return connection, False
 

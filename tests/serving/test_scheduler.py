@@ -59,35 +59,30 @@ def test_without_padding_batches_have_their_own_shape_and_stay_close_to_alone(en
         scheduler.close(30)
 
 
-def trickle(scheduler, offsets_s: list[float]) -> list:
-    """Submit one request now and one at each offset (seconds from now); their tickets, in order."""
-    started = time.monotonic()
-    tickets = [scheduler.submit(req(0))]
-    for k, offset in enumerate(offsets_s, start=1):
-        time.sleep(max(0.0, started + offset - time.monotonic()))
-        tickets.append(scheduler.submit(req(k)))
-    return tickets
+def trickle(engine, batch_wait_max_ms: float, offsets_s: list[float]) -> list[int]:
+    """Under a 0.4 s `batch_wait_ms`, submit one request now and one at each offset (seconds from now); the
+    batch size each of them ran in, in order."""
+    scheduler = make(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=batch_wait_max_ms)
+    try:
+        started = time.monotonic()
+        tickets = [scheduler.submit(req(0))]
+        for k, offset in enumerate(offsets_s, start=1):
+            time.sleep(max(0.0, started + offset - time.monotonic()))
+            tickets.append(scheduler.submit(req(k)))
+        return [t.result(60).stats.batch_size for t in tickets]
+    finally:
+        scheduler.close(30)
 
 
 def test_a_batch_keeps_filling_while_requests_keep_arriving(engine):
     """Gaps of 0.15 s under a 0.4 s wait: all four join one batch, though the last comes 0.45 s after the first
     (a fixed 0.4 s window from the first request would have run three and left the fourth alone)."""
-    scheduler = make(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=5000.0)
-    try:
-        tickets = trickle(scheduler, [0.15, 0.30, 0.45])
-        assert [t.result(60).stats.batch_size for t in tickets] == [4, 4, 4, 4]
-    finally:
-        scheduler.close(30)
+    assert trickle(engine, 5000.0, [0.15, 0.30, 0.45]) == [4, 4, 4, 4]
 
 
 def test_a_batch_waits_no_longer_than_batch_wait_max_ms(engine):
     """Each arrival within the 0.4 s wait, but the third comes 0.3 s after `batch_wait_max_ms` (0.5 s) ran out."""
-    scheduler = make(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=500.0)
-    try:
-        tickets = trickle(scheduler, [0.15, 0.30, 0.80])
-        assert [t.result(60).stats.batch_size for t in tickets] == [3, 3, 3, 1]
-    finally:
-        scheduler.close(30)
+    assert trickle(engine, 500.0, [0.15, 0.30, 0.80]) == [3, 3, 3, 1]
 
 
 def test_incompatible_requests_do_not_share_a_batch(engine):
