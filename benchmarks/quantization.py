@@ -28,7 +28,7 @@ from ditserve.config import load_config, parse_config
 from ditserve.engine import Engine
 from ditserve.quality.metrics import mean_finite, psnr, ssim
 from ditserve.quality.report import measure
-from ditserve.quantization.base import weight_bytes
+from ditserve.quantization.layers import weight_bytes
 from ditserve.request import GenerationRequest
 
 RESULTS = Path(__file__).parent / "results"

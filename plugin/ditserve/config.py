@@ -21,49 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 from ditserve.errors import ConfigError
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
+from ditserve.validation import validate_model
 
 BUILTIN_PREFIX = "builtin:"
-
-
-def _describe(error: dict, model: type[BaseModel]) -> str:
-    """One pydantic error as `field: what is wrong (allowed: ...)`."""
-    field = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        allowed = ", ".join(name for name in model.model_fields if name != "name") or "(none)"
-        return f"{field}: unknown field; allowed fields: {allowed}"
-    got = error.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"{field}: {error['msg']}{shown}"
-
-
-def validate_model(model: type[BaseModel], data: Any, where: str = "", what: str = "") -> Any:
-    """`model.model_validate(data)`, with errors rewritten as `ConfigError` sentences under `where`."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        prefix = f"{where}." if where else ""
-        suffix = f" [{what}]" if what else ""
-        problems = []
-        for error in err.errors():
-            sub = _submodel(model, error["loc"])
-            problems.append(prefix + _describe(error, sub) + suffix)
-        raise ConfigError(problems) from None
-
-
-def _submodel(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
-    """The (nested) model that owns the field at `loc`, so unknown-field errors list its fields."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
-            break
-    return model
 
 
 class _Section(BaseModel):

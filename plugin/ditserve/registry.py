@@ -1,24 +1,27 @@
 """Registries of acceleration strategies: `CACHES`, `SAMPLERS`, `QUANTIZERS`, `PARALLEL`.
 
 A strategy is a class with a pydantic `Config` (a `StrategyConfig` subclass) and the code that applies
-it. It registers itself by name with a decorator:
+it. The built-in strategies of a registry are a table in its subpackage's `__init__.py`, from name to
+"module:Class" (as vLLM registers its models):
 
-    @CACHES.register("fora")
-    class Fora(CacheStrategy):
-        Config = ForaConfig
+    BUILTINS = {"fora": "ditserve.caching.fora:Fora", ...}
 
-Built-in strategies are the modules of the registry's subpackage (`ditserve.caching`, ...); they are
-imported on the first lookup, never at `import ditserve`, so importing the package stays cheap.
-Third-party packages add strategies through the entry-point groups `ditserve.caching`,
-`ditserve.sampling`, `ditserve.quantization` and `ditserve.parallel`: an entry point names either a
-module whose import registers its strategies, or a strategy class, registered under the entry
-point's name. A duplicate name or a class of the wrong kind is refused with the reason.
+A built-in module is imported the first time its name is looked up, and only then, so listing the
+names imports no strategy and validating a config imports the modules it names and no others (and so
+no torch for a plan whose strategies need none at import). Third-party strategies register with the
+decorator, or through the entry-point groups `ditserve.caching`, `ditserve.sampling`,
+`ditserve.quantization` and `ditserve.parallel`: an entry point names either a module whose import
+registers its strategies, or a strategy class, registered under the entry point's name. A duplicate
+name or a class of the wrong kind is refused with the reason.
+
+    @CACHES.register("my-cache")
+    class MyCache(CacheStrategy):
+        Config = MyCacheConfig
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import re
 import threading
 from collections.abc import Iterator
@@ -26,6 +29,9 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from ditserve.errors import ConfigError
+from ditserve.validation import validate_model
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
@@ -61,21 +67,32 @@ class RegistryError(ValueError):
 S = TypeVar("S", bound=Strategy)
 
 
+def import_object(path: str) -> Any:
+    """The object a "module:attribute" path names, importing its module."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 class Registry(Generic[S]):
-    """Named strategies of one kind, filled by decorators, built-in modules and entry points."""
+    """Named strategies of one kind: a lazy table of built-ins, decorated classes and entry points."""
 
     def __init__(self, kind: str, package: str, base: str) -> None:
         self.kind = kind
         """Human name of the kind, e.g. "cache"; used in messages."""
         self.package = package
-        """The subpackage whose modules hold the built-in strategies (e.g. "ditserve.caching")."""
+        """The subpackage whose `BUILTINS` table names the built-in strategies (e.g. "ditserve.caching")."""
         self.entry_point_group = package
         """Entry points in the group of the same name as the subpackage add third-party strategies."""
         self._base_path = base
         self._entries: dict[str, type[S]] = {}
         self._origins: dict[str, str] = {}
-        self._loaded = False
+        self._plugins_loaded = False
         self._lock = threading.RLock()
+
+    @property
+    def builtins(self) -> dict[str, str]:
+        """The built-in table: name → "module:Class" (importing the subpackage's `__init__` only)."""
+        return importlib.import_module(self.package).BUILTINS
 
     # -- registration -------------------------------------------------------------------------
 
@@ -83,7 +100,6 @@ class Registry(Generic[S]):
         """Class decorator: register `cls` under `name` after checking its kind and config."""
 
         def decorator(cls: type[S]) -> type[S]:
-            self._ensure_loaded()  # built-ins first, so a clash with one is caught here, not later
             self._add(name, cls, origin or cls.__module__)
             return cls
 
@@ -108,6 +124,12 @@ class Registry(Generic[S]):
                 f"that subclasses {base.Config.__module__}.{base.Config.__qualname__}"
             )
         with self._lock:
+            builtin = self.builtins.get(name)
+            if builtin is not None and builtin != f"{cls.__module__}:{cls.__qualname__}":
+                holder = builtin.partition(":")[0]
+                raise RegistryError(
+                    f"{self.kind} {name!r} is already registered (by {holder}); {origin} must use a different name"
+                )
             if name in self._entries and self._entries[name] is not cls:
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {self._origins[name]}); "
@@ -121,22 +143,28 @@ class Registry(Generic[S]):
 
     @property
     def base(self) -> type:
-        module, _, attr = self._base_path.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return import_object(self._base_path)
 
     def get(self, name: str) -> type[S]:
-        """The strategy class registered as `name`; an unknown name is answered with the known ones."""
-        self._ensure_loaded()
-        try:
+        """The strategy class registered as `name`, importing only its module; an unknown name is answered
+        with the known ones."""
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}; known {self.kind} strategies: {', '.join(self.names())}"
-            ) from None
+        path = self.builtins.get(name)
+        if path is not None:  # imported outside the lock: the module's own decorator takes it
+            cls = import_object(path)
+            if name not in self._entries:  # a built-in need not use the decorator
+                self._add(name, cls, path.partition(":")[0])
+            return self._entries[name]
+        self._load_plugins()
+        if name in self._entries:
+            return self._entries[name]
+        raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind} strategies: {', '.join(self.names())}")
 
     def names(self) -> list[str]:
-        self._ensure_loaded()
-        return sorted(self._entries)
+        """Every registered name, sorted; imports no built-in strategy (third-party plugins load)."""
+        self._load_plugins()
+        return sorted(set(self.builtins) | set(self._entries))
 
     def origin(self, name: str) -> str:
         """Where `name` came from: the defining module, or `entry point <spec>` for a plugin."""
@@ -144,21 +172,17 @@ class Registry(Generic[S]):
         return self._origins[name]
 
     def __contains__(self, name: object) -> bool:
-        self._ensure_loaded()
-        return name in self._entries
+        return isinstance(name, str) and name in self.names()
 
     def __iter__(self) -> Iterator[tuple[str, type[S]]]:
-        self._ensure_loaded()
-        return iter(sorted(self._entries.items()))
+        """(name, class) of every strategy, sorted: imports them all (for listings)."""
+        return iter([(name, self.get(name)) for name in self.names()])
 
     def parse(self, spec: Any, where: str) -> StrategyConfig:
         """Validate a `{name: ..., field: ...}` mapping into the named strategy's config.
 
         `where` is the dotted path of the mapping in the model config, used in error messages.
         """
-        from ditserve.config import validate_model
-        from ditserve.errors import ConfigError
-
         if isinstance(spec, StrategyConfig):
             spec = spec.model_dump()
         if isinstance(spec, str):
@@ -172,35 +196,27 @@ class Registry(Generic[S]):
             raise ConfigError([f"{where}.name: {err}"]) from None
         return validate_model(cls.Config, {**spec, "name": name}, where, f"{self.kind} {name!r}")
 
-    # -- loading --------------------------------------------------------------------------------
+    # -- third-party plugins ----------------------------------------------------------------------
 
-    def _ensure_loaded(self) -> None:
-        if self._loaded:
-            return
+    def _load_plugins(self) -> None:
+        """Load the entry points of this registry's group, once."""
         with self._lock:
-            if self._loaded:
+            if self._plugins_loaded:
                 return
-            self._loaded = True  # set first: the modules imported below call back into register()
+            self._plugins_loaded = True  # set first: a plugin module's import calls back into register()
             try:
-                self._import_builtins()
-                self._load_entry_points()
+                for ep in entry_points(group=self.entry_point_group):
+                    try:
+                        loaded = ep.load()
+                    except Exception as err:  # a broken plugin must say which one it is
+                        raise RegistryError(
+                            f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to import: {err}"
+                        ) from err
+                    if isinstance(loaded, type) and loaded not in self._entries.values():
+                        self._add(ep.name, loaded, f"entry point {ep.value}")
             except BaseException:
-                self._loaded = False
+                self._plugins_loaded = False
                 raise
-
-    def _import_builtins(self) -> None:
-        package = importlib.import_module(self.package)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{self.package}.{module.name}")
-
-    def _load_entry_points(self) -> None:
-        for ep in entry_points(group=self.entry_point_group):
-            try:
-                loaded = ep.load()
-            except Exception as err:  # a broken plugin must say which one it is
-                raise RegistryError(f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
-            if isinstance(loaded, type) and loaded not in self._entries.values():
-                self._add(ep.name, loaded, f"entry point {ep.value}")
 
 
 CACHES: Registry = Registry("cache", "ditserve.caching", "ditserve.caching.base:CacheStrategy")

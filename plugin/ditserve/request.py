@@ -7,10 +7,12 @@ are checked by `Engine.validate`, which names the field and the limit that was b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the results carry tensors; building and validating a request needs no torch
+    import torch
 
 MAX_SEED = 2**63 - 1
 

@@ -11,7 +11,7 @@ import torch
 from ditserve_testing import engine_for
 
 from ditserve.errors import PlanError
-from ditserve.quantization.base import block_linears, weight_bytes
+from ditserve.quantization.layers import block_linears, weight_bytes
 from ditserve.request import GenerationRequest
 
 CALIB = {"calibration_samples": 2, "calibration_steps": 3}

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from ditserve.caching.base import CacheConfig, CacheStrategy
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, REGISTRIES, SAMPLERS, Registry, RegistryError
 from ditserve.sampling.base import Sampler
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 class EmptyRegistry(Registry):
     """A cache registry without the built-ins, so tests do not leak names into CACHES."""
 
-    def _import_builtins(self) -> None:
-        pass
+    @property
+    def builtins(self) -> dict[str, str]:
+        return {}
 
 
 @pytest.fixture
@@ -92,3 +100,87 @@ def test_each_registry_holds_its_own_kind():
     for registry in (CACHES, SAMPLERS, QUANTIZERS, PARALLEL):
         for _, cls in registry:
             assert issubclass(cls, registry.base)
+
+
+# -- laziness: a name costs nothing until it is used ---------------------------------------------------
+
+
+def run_isolated(code: str) -> str:
+    """Run `code` in a fresh interpreter (so `sys.modules` shows what it alone imported); its stdout."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+STRATEGY_MODULES_IMPORTED = """
+import sys
+from ditserve.registry import REGISTRIES
+tables = [registry.builtins for registry in REGISTRIES.values()]
+modules = {path.partition(":")[0] for table in tables for path in table.values()}
+print(" ".join(sorted(m for m in modules if m in sys.modules)))
+"""
+
+
+def test_loading_the_digits_config_imports_no_torch():
+    code = (
+        "import ditserve.config, ditserve.registry; ditserve.config.load_config('bentos/digits/model.yaml'); "
+        "import sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ditserve'))"
+    )
+    run_isolated(code)
+
+
+def test_listing_names_imports_no_strategy():
+    code = "from ditserve.registry import REGISTRIES\nfor r in REGISTRIES.values(): r.names(); 'ddim' in r\n"
+    assert run_isolated(code + STRATEGY_MODULES_IMPORTED).split() == []
+
+
+def test_looking_up_a_name_imports_only_its_module():
+    code = "from ditserve.registry import SAMPLERS; SAMPLERS.get('ddim')\n"
+    assert run_isolated(code + STRATEGY_MODULES_IMPORTED).split() == ["ditserve.sampling.ddim"]
+
+
+def test_every_sampler_and_every_none_imports_without_torch():
+    """Samplers and the `none` of each registry are torch-free at import; a cache, quantizer or runner that
+    defines torch modules or hooks imports torch when its config is validated (its process runs it anyway)."""
+    code = """
+import sys
+from ditserve.registry import REGISTRIES, SAMPLERS
+for name in SAMPLERS.names():
+    SAMPLERS.get(name).Config.model_json_schema()
+SAMPLERS.parse({"name": "sampler-scheduler", "stages": [{"sampler": {"name": "dpm-solver-v3"}}]}, "plan.sampler")
+for registry in REGISTRIES.values():
+    registry.parse({"name": "none"}, "plan")
+assert "torch" not in sys.modules, "torch imported"
+"""
+    run_isolated(code)
+
+
+def registered_in_source(package: str) -> dict[str, str]:
+    """`@REGISTRY.register("name")` decorators on classes in the subpackage's modules: name → module:Class."""
+    found = {}
+    for path in sorted((REPO / "plugin" / "ditserve" / package).glob("*.py")):
+        module = f"ditserve.{package}.{path.stem}"
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for decorator in node.decorator_list:
+                if (
+                    isinstance(decorator, ast.Call)
+                    and isinstance(decorator.func, ast.Attribute)
+                    and decorator.func.attr == "register"
+                    and decorator.args
+                    and isinstance(decorator.args[0], ast.Constant)
+                ):
+                    found[decorator.args[0].value] = f"{module}:{node.name}"
+    return found
+
+
+@pytest.mark.parametrize("registry", REGISTRIES.values(), ids=REGISTRIES.keys())
+def test_every_builtin_strategy_is_in_its_registry_table(registry):
+    """A strategy module added to a subpackage must be listed in that subpackage's `BUILTINS`, or nothing
+    would ever import it; and every row of the table must name the class registered under that name."""
+    package = registry.package.rpartition(".")[2]
+    assert registered_in_source(package) == registry.builtins
+    for name, path in registry.builtins.items():
+        cls = registry.get(name)
+        assert f"{cls.__module__}:{cls.__qualname__}" == path and cls.name == name

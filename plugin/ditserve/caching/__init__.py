@@ -1,1 +1,19 @@
 """Feature caching across denoising steps: one strategy per file, registered in `ditserve.registry.CACHES`."""
+
+BUILTINS: dict[str, str] = {
+    "ab-cache": "ditserve.caching.abcache:ABCache",
+    "adacache": "ditserve.caching.adacache:AdaCache",
+    "block-caching": "ditserve.caching.blockcaching:BlockCaching",
+    "dbcache": "ditserve.caching.dbcache:DBCache",
+    "delta-dit": "ditserve.caching.deltadit:DeltaDiT",
+    "fastercache": "ditserve.caching.fastercache:FasterCache",
+    "fbcache": "ditserve.caching.fbcache:FBCache",
+    "fora": "ditserve.caching.fora:Fora",
+    "learning-to-cache": "ditserve.caching.learningtocache:LearningToCache",
+    "none": "ditserve.caching.none:NoCache",
+    "pab": "ditserve.caching.pab:PAB",
+    "smoothcache": "ditserve.caching.smoothcache:SmoothCache",
+    "taylorseer": "ditserve.caching.taylorseer:TaylorSeer",
+    "teacache": "ditserve.caching.teacache:TeaCache",
+}
+"""The built-in strategies, name → "module:Class": a module is imported when its name is first looked up."""

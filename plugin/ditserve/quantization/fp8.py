@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditserve.quantization.base import QuantConfig, Quantizer, block_linears, replace_module
+from ditserve.quantization.base import QuantConfig, Quantizer
+from ditserve.quantization.layers import block_linears, replace_module
 from ditserve.registry import QUANTIZERS
 
 E4M3_MAX = 448.0

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditserve.quantization.base import QuantConfig, Quantizer, Scope, replace_module, scoped_linears
+from ditserve.quantization.base import QuantConfig, Quantizer, Scope
+from ditserve.quantization.layers import replace_module, scoped_linears
 from ditserve.registry import QUANTIZERS
 
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, block_linears, replace_module
+from ditserve.quantization.base import CalibratedQuantConfig, Quantizer
 from ditserve.quantization.calibration import sample_inputs
 from ditserve.quantization.int8 import Int8WeightLinear
+from ditserve.quantization.layers import block_linears, replace_module
 from ditserve.registry import QUANTIZERS
 
 log = logging.getLogger(__name__)

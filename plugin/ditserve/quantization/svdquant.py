@@ -22,15 +22,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ditserve.quantization.base import (
-    CalibratedQuantConfig,
-    Quantizer,
-    Scope,
-    replace_module,
-    scoped_linears,
-    store_fp32_parameters_in_fp16,
-)
+from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, Scope
 from ditserve.quantization.calibration import input_absmax, smoothing_factors
+from ditserve.quantization.layers import replace_module, scoped_linears, store_fp32_parameters_in_fp16
 from ditserve.registry import QUANTIZERS
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ditserve.quantization.base import CalibratedQuantConfig, Quantizer, block_linears, replace_module
+from ditserve.quantization.base import CalibratedQuantConfig, Quantizer
 from ditserve.quantization.calibration import input_absmax, smoothing_factors
+from ditserve.quantization.layers import block_linears, replace_module
 from ditserve.registry import QUANTIZERS
 
 
