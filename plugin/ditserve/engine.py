@@ -24,6 +24,7 @@ from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
+from ditserve.models.fullsize import FULLSIZE_PREFIX
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
 from ditserve.sampling.base import Sampler
@@ -134,11 +135,13 @@ class Engine:
         if config.model.threads:
             torch.set_num_threads(config.model.threads)
         self.adapter = get_adapter(config.model.family)
-        self.model = self.adapter.load(
-            resolve_model_path(config.resolved_path()),
-            dtype=getattr(torch, config.model.dtype),
-            device=pick_device(config.model.device),
-        )
+        dtype, device = getattr(torch, config.model.dtype), pick_device(config.model.device)
+        if config.model.path.startswith(FULLSIZE_PREFIX):  # a published architecture, random weights
+            from ditserve.models.fullsize import build_model
+
+            self.model = build_model(config.model.path[len(FULLSIZE_PREFIX) :], self.adapter, dtype, device)
+        else:
+            self.model = self.adapter.load(resolve_model_path(config.resolved_path()), dtype=dtype, device=device)
         self.blocks_per_call = count_blocks(self.adapter, self.model.transformer)
         self.block_counter = BlockCounter(self.model)
         self.attention_counter = AttentionCounter(self.model)
