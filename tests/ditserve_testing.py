@@ -193,3 +193,43 @@ def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
+
+
+def tiny_sd3_transformer(num_layers: int):
+    """A random SD3 MMDiT: 2 heads of 8, 4 latent channels, 32-wide text; its last joint block is
+    `context_pre_only` (it returns no text stream), as in every SD3 checkpoint."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
+        out_channels=4,
+        pos_embed_max_size=16,
+    )
+
+
+def tiny_wan_transformer(num_layers: int):
+    """A random Wan transformer: 2 heads of 12, 16 latent channels, 32-wide UMT5 text, self- and cross-attention."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )

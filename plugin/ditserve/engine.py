@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
+from ditserve.counters import AttentionCounter, BlockCounter
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
-from ditserve.models.base import LoadedModel, count_blocks
+from ditserve.models.base import count_blocks
 from ditserve.models.fullsize import FULLSIZE_PREFIX
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
@@ -67,39 +68,6 @@ def repeat_inputs(kwargs: dict, repeats: int, branches: int) -> dict:
         halves = value.chunk(branches) if isinstance(value, torch.Tensor) and value.dim() > 0 else None
         out[key] = value if halves is None else torch.cat([torch.cat([h] * repeats) for h in halves])
     return out
-
-
-class BlockCounter:
-    """Counts transformer-block forward passes that really compute.
-
-    It wraps each block's `forward` as loaded, underneath any cache hook installed later, so a block a
-    cache skips is not counted.
-    """
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.count = 0
-        for group in model.adapter.block_groups(model.transformer):
-            for block in group.blocks:
-                block.forward = self._counting(block.forward)
-
-    def _counting(self, forward):
-        def counted(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        return counted
-
-
-class AttentionCounter(BlockCounter):
-    """Counts attention-layer forward passes that really compute (the adapter's `attention_layers`).
-
-    Attention-level caches (PAB, FasterCache) reuse attention outputs inside blocks that still run, which
-    a block count cannot show; a block a cache skips does not run its attention layers either."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.count = 0
-        for layer in model.adapter.attention_layers(model.transformer).values():
-            layer.forward = self._counting(layer.forward)
 
 
 @dataclass(frozen=True)

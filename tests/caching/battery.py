@@ -4,8 +4,10 @@ A strategy's test module subclasses `CacheBattery` as `TestXxx` and sets `name`,
 that compute every block) and `skipping` (settings that skip some); a cache that reuses attention
 outputs inside blocks that still run (PAB, FasterCache) sets `unit = "attention"`, and its savings are
 checked on the attention-layer count. Every check runs on tiny random
-models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1), and tiny Flux
-and PixArt transformers through their family adapters.
+models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1), and tiny Flux,
+PixArt, SD3 and Wan transformers through their family adapters. On every family a cache runs, or
+refuses at load (`PlanError`) with a sentence saying what to change — never fails in the middle of a
+request; `refuses` lists the families where it refuses, with the words the refusal must contain.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import ClassVar
 import pytest
 import torch
 
-from ditserve.errors import Cancelled, ConfigError
+from ditserve.errors import Cancelled, ConfigError, PlanError
 from ditserve.registry import CACHES
 from ditserve.request import GenerationRequest
 
-from .conftest import FamilyLoop
+from .conftest import FAMILIES, FamilyLoop
 
 STEPS = 8
 
@@ -33,8 +35,17 @@ def engine_for(path, cache: dict):
     return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": "dit"}, "plan": plan}))
 
 
-def request(label: int = 3, seed: int = 1, num_images: int = 2, guidance: float = 4.0, steps: int = STEPS):
-    return GenerationRequest(class_label=label, seed=seed, num_images=num_images, guidance_scale=guidance, steps=steps)
+def request(
+    label: int = 3,
+    seed: int = 1,
+    num_images: int = 2,
+    guidance: float = 4.0,
+    steps: int = STEPS,
+    cache: dict | None = None,
+):
+    return GenerationRequest(
+        class_label=label, seed=seed, num_images=num_images, guidance_scale=guidance, steps=steps, cache=cache
+    )
 
 
 class CacheBattery:
@@ -47,6 +58,8 @@ class CacheBattery:
     """Per-family settings where `skipping` does not fit there (other block counts, other rates of change)."""
     exact_families: ClassVar[dict[str, dict]] = {}
     """Per-family settings where `exact` does not fit there."""
+    refuses: ClassVar[dict[str, str]] = {}
+    """Family → a regular expression the load-time refusal on that family must match."""
     unit: ClassVar[str] = "block"
     """What the cache saves evaluations of: whole "block"s, or "attention" layers inside blocks."""
 
@@ -88,8 +101,10 @@ class CacheBattery:
         assert result.stats.attention_evaluations == result.stats.attention_evaluations_full > 0
         assert torch.equal(result.images, uncached.generate(request()).images)
 
-    @pytest.mark.parametrize("family", ["flux", "pixart"])
+    @pytest.mark.parametrize("family", list(FAMILIES))
     def test_computing_every_block_is_bit_identical_on(self, family):
+        if family in self.refuses:
+            pytest.skip(f"{self.name} refuses {family} at load (test_refuses_at_load_or_runs_on)")
         expected, full = self.loop(family, None).run(unit=self.unit)
         got, evaluations = self.loop(family, self.exact_families.get(family, self.exact)).run(unit=self.unit)
         assert evaluations == full
@@ -104,8 +119,20 @@ class CacheBattery:
             done, full = self.evaluations(result.stats)
             assert 0 < done < full
 
-    @pytest.mark.parametrize("family", ["flux", "pixart"])
+    @pytest.mark.parametrize("family", list(FAMILIES))
+    def test_refuses_at_load_or_runs_on(self, family):
+        settings = self.skipping_families.get(family, self.skipping)
+        if family not in self.refuses:
+            got, _ = self.loop(family, settings).run(unit=self.unit, steps=4)
+            assert torch.isfinite(got).all()
+            return
+        with pytest.raises(PlanError, match=self.refuses[family]):
+            self.loop(family, settings)
+
+    @pytest.mark.parametrize("family", list(FAMILIES))
     def test_fewer_block_evaluations_on(self, family):
+        if family in self.refuses:
+            pytest.skip(f"{self.name} refuses {family} at load (test_refuses_at_load_or_runs_on)")
         settings = self.skipping_families.get(family, self.skipping)
         _, full = self.loop(family, None).run(unit=self.unit)
         got, evaluations = self.loop(family, settings).run(unit=self.unit)

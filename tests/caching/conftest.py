@@ -1,5 +1,5 @@
-"""Fixtures for the cache battery: a 4-block tiny DiT checkpoint, and tiny random Flux and PixArt
-transformers driven through their family adapters (no pipeline, no text encoder)."""
+"""Fixtures for the cache battery: a 4-block tiny DiT checkpoint, and tiny random Flux, PixArt, SD3 and
+Wan transformers driven through their family adapters (no pipeline, no text encoder)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from ditserve_testing import tiny_flux_transformer, tiny_pixart_transformer
+from ditserve_testing import (
+    tiny_flux_transformer,
+    tiny_pixart_transformer,
+    tiny_sd3_transformer,
+    tiny_wan_transformer,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,17 +62,31 @@ def tiny_pixart():
     return tiny_pixart_transformer(sample_size=8, num_layers=4, out_channels=4).eval()
 
 
+def tiny_sd3():
+    torch.manual_seed(0)
+    return tiny_sd3_transformer(num_layers=4).eval()
+
+
+def tiny_wan():
+    torch.manual_seed(0)
+    return tiny_wan_transformer(num_layers=4).eval()
+
+
+FAMILIES = {"flux": tiny_flux, "pixart": tiny_pixart, "sd3": tiny_sd3, "wan": tiny_wan}
+"""The families the battery runs besides DiT (which it runs through the real engine)."""
+
+
 class FamilyLoop:
     """A tiny transformer of one family behind its real adapter, run through a short denoising-like loop
     (x ← x − 0.1·prediction, timesteps falling) with every block and attention-layer call counted as the
     engine counts them."""
 
     def __init__(self, family: str) -> None:
-        from ditserve.engine import AttentionCounter, BlockCounter
+        from ditserve.counters import AttentionCounter, BlockCounter
         from ditserve.models import get_adapter
         from ditserve.models.base import LoadedModel
 
-        transformer = {"flux": tiny_flux, "pixart": tiny_pixart}[family]()
+        transformer = FAMILIES[family]()
         self.family = family
         self.model = LoadedModel(get_adapter(family), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
         self.counters = {"block": BlockCounter(self.model), "attention": AttentionCounter(self.model)}
@@ -89,6 +108,15 @@ class FamilyLoop:
                 ).reshape(-1, 3),
             }
             return x, text
+        if self.family == "sd3":
+            x = torch.randn(batch, 4, 8, 8, generator=g)
+            return x, {
+                "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),
+                "pooled_projections": torch.randn(batch, 32, generator=g),
+            }
+        if self.family == "wan":
+            x = torch.randn(batch, 16, 1, 8, 8, generator=g)
+            return x, {"encoder_hidden_states": torch.randn(batch, 5, 32, generator=g)}
         x = torch.randn(batch, 4, 8, 8, generator=g)
         text = {
             "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),

@@ -4,7 +4,7 @@ import pytest
 
 from .battery import CacheBattery, engine_for, request
 
-ERRORS = {"transformer_blocks": [0.05] * 9, "single_transformer_blocks": [0.05] * 9}
+ERRORS = {name: [0.05] * 9 for name in ("transformer_blocks", "single_transformer_blocks", "blocks")}
 
 
 class TestSmoothCache(CacheBattery):

@@ -1,8 +1,8 @@
 """Block-level reuse: the machinery our own caches share (FORA, Δ-DiT, DBCache, TeaCache, AB-Cache, ...).
 
-`BlockCache.apply` wraps the `forward` of every block the family adapter lists (in execution order,
-across all block groups) and puts a pre-hook on the transformer that counts its calls. For every
-block of every call the subclass decides `compute(i)`:
+`BlockCache.apply` puts a hook (`ditserve.hooks`) on every block the family adapter lists (in execution
+order, across all block groups), and a `DenoisingProgress` hook on the transformer that follows the
+request's calls. For every block of every call the subclass decides `compute(i)`:
 
 - computed: the block runs unchanged (so a strategy that computes every block is bit-identical to no
   caching) and its residual, output − input, is stored per stream (image tokens, and the text stream
@@ -11,6 +11,7 @@ block of every call the subclass decides `compute(i)`:
   stored one). Residuals telescope, so skipping a run of blocks whose residuals come from the same
   call adds exactly that run's deviation (Δ-DiT's "Δ-Cache").
 
+A stream a block does not return (SD3's last joint block gives no text stream) stays absent.
 Decisions are made once per transformer call, so per batch: every sample of a batch, and both halves
 of the [cond; uncond] classifier-free-guidance batch, compute or skip a block together.
 """
@@ -20,9 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from ditserve.caching.base import CacheStrategy
+from ditserve.caching.progress import DenoisingProgress
+from ditserve.hooks import add_hook, remove_hook
 from ditserve.models.base import LoadedModel, block_argument
 
 STREAMS = ("hidden_states", "encoder_hidden_states")
@@ -33,8 +37,25 @@ def relative_l1(new: torch.Tensor, old: torch.Tensor) -> float:
     return ((new - old).abs().mean() / old.abs().mean().clamp_min(1e-12)).item()
 
 
+class BlockHook(ModelHook):
+    """On block `index`: runs it, or stands in for it, as its cache decides."""
+
+    def __init__(self, cache: BlockCache, index: int) -> None:
+        super().__init__()
+        self.cache = cache
+        self.index = index
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        return self.cache.forward_block(self.index, module, self.fn_ref.original_forward, args, kwargs)
+
+
 class BlockCache(CacheStrategy):
     """Base of caches that skip whole blocks and reuse their residuals. Subclasses decide `compute`."""
+
+    @property
+    def hook_name(self) -> str:
+        """The name of this cache's hooks on the blocks and the transformer."""
+        return f"ditserve.{type(self).__name__}"
 
     def apply(self, model: LoadedModel) -> None:
         self.model = model
@@ -42,27 +63,27 @@ class BlockCache(CacheStrategy):
         self.blocks: list[nn.Module] = [block for group in groups for block in group.blocks]
         self.group_of: list[str] = [group.name for group in groups for _ in group.blocks]
         self._streams = [model.adapter.block_streams(block) for block in self.blocks]
-        self._saved = []
-        for index, block in enumerate(self.blocks):
-            self._saved.append(block.__dict__.get("forward"))
-            block.forward = self._wrap(index, block, block.forward)
-        self._hook = model.transformer.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        self.calls = DenoisingProgress(self.begin_call)
         self.reset()
+        for index, block in enumerate(self.blocks):
+            add_hook(model.transformer, block, BlockHook(self, index), self.hook_name)
+        add_hook(model.transformer, model.transformer, self.calls, self.hook_name)
 
     def remove(self) -> None:
-        self._hook.remove()
-        for block, saved in zip(self.blocks, self._saved, strict=True):
-            if saved is None:
-                del block.forward
-            else:
-                block.forward = saved
+        remove_hook(self.model.transformer, self.hook_name)
+
+    @property
+    def call(self) -> int:
+        """Index of the current transformer call in this request (one call per step with batched CFG)."""
+        return self.calls.call
+
+    @property
+    def progress(self) -> float:
+        """How far the request is from the first call's noise level: 1 − t/t₀, in [0, 1]."""
+        return self.calls.progress
 
     def reset(self) -> None:
-        self.call = -1
-        """Index of the current transformer call in this request (one call per step with batched CFG)."""
-        self.first_timestep: float | None = None
-        self.progress = 0.0
-        """How far the request is from the first call's noise level: 1 − t/t₀, in [0, 1]."""
+        self.calls.reset()
         self.residuals: dict[int, dict[str, torch.Tensor]] = {}
         self.computed_at: dict[int, int] = {}
         """Block index → the call whose residual is stored."""
@@ -85,16 +106,6 @@ class BlockCache(CacheStrategy):
         return self.residuals[index]
 
     # -- machinery ------------------------------------------------------------------------------
-
-    def _on_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.call += 1
-        timestep = kwargs.get("timestep")
-        if isinstance(timestep, torch.Tensor) and timestep.numel():
-            value = float(timestep.reshape(-1)[0])
-            if self.first_timestep is None:
-                self.first_timestep = value
-            self.progress = 1.0 - value / self.first_timestep if self.first_timestep else 0.0
-        self.begin_call()
 
     def _inputs(self, index: int, block: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
         streams = self._streams[index]
@@ -126,22 +137,20 @@ class BlockCache(CacheStrategy):
             output[streams.return_encoder_hidden_states_index] = values.get("encoder_hidden_states")
         return tuple(output)
 
-    def _wrap(self, index: int, block: nn.Module, forward):
-        def cached_forward(*args, **kwargs):
-            inputs = self._inputs(index, block, args, kwargs)
-            wanted = self.compute(index, block, args, kwargs)
-            if wanted or index not in self.residuals:
-                output = forward(*args, **kwargs)
-                outputs = self._outputs(index, output)
-                self._layout[index] = None if isinstance(output, torch.Tensor) else len(output)
-                self.residuals[index] = {
-                    name: out - inputs[name] for name, out in outputs.items() if out is not None and name in inputs
-                }
-                self.computed_at[index] = self.call
-                self.after_block(index, inputs, outputs)
-                return output
-            residual = self.predict(index)
-            values = {name: inputs[name] + residual[name] if name in residual else None for name in inputs}
-            return self._rebuild(index, values)
-
-        return cached_forward
+    def forward_block(self, index: int, block: nn.Module, forward, args: tuple, kwargs: dict) -> Any:
+        """Block `index`'s output for this call: `forward` run, or its input plus the predicted residual."""
+        inputs = self._inputs(index, block, args, kwargs)
+        wanted = self.compute(index, block, args, kwargs)
+        if wanted or index not in self.residuals:
+            output = forward(*args, **kwargs)
+            outputs = self._outputs(index, output)
+            self._layout[index] = None if isinstance(output, torch.Tensor) else len(output)
+            self.residuals[index] = {
+                name: out - inputs[name] for name, out in outputs.items() if out is not None and name in inputs
+            }
+            self.computed_at[index] = self.call
+            self.after_block(index, inputs, outputs)
+            return output
+        residual = self.predict(index)
+        values = {name: inputs[name] + residual[name] if name in residual else None for name in inputs}
+        return self._rebuild(index, values)

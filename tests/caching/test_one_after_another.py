@@ -1,0 +1,62 @@
+"""One request's cache never changes the next request's output: on one engine, every ordered pair (A, B)
+of registered caches run as per-request overrides gives B's output as B gives on a fresh engine.
+
+Each pair runs on an engine of its own, so a failure names the pair that caused it. Every cache runs
+with its battery's `skipping` settings (calibration fields included), so each of them installs, skips
+and keeps state; A runs a different request (other class, seed, batch and step count) so that anything
+it leaves behind shows."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from ditserve.registry import CACHES
+
+from .battery import CacheBattery, engine_for, request
+
+STEPS = 6
+
+
+def settings_of_every_cache() -> dict[str, dict]:
+    """Cache name → its battery's skipping settings, from every battery in this folder."""
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        importlib.import_module(f"{__package__}.{path.stem}")
+    found = {battery.name: {"name": battery.name, **battery.skipping} for battery in CacheBattery.__subclasses__()}
+    return {"none": {"name": "none"}, **found}
+
+
+SETTINGS = settings_of_every_cache()
+
+
+def test_every_registered_cache_has_a_battery():
+    assert set(SETTINGS) == set(CACHES.names())
+
+
+@pytest.fixture(scope="module")
+def alone(dit4_dir) -> dict[str, torch.Tensor]:
+    """Each cache's output on an engine that ran nothing else before (one fresh engine per cache)."""
+    return {
+        name: engine_for(dit4_dir, {"name": "none"}).generate(request(cache=cache, steps=STEPS)).images
+        for name, cache in SETTINGS.items()
+    }
+
+
+@pytest.mark.parametrize("first", list(SETTINGS))
+def test_a_cache_leaves_nothing_behind_for_any_next_cache(dit4_dir, alone, first):
+    broken = []
+    for second, cache in SETTINGS.items():
+        engine = engine_for(dit4_dir, {"name": "none"})
+        engine.generate(request(label=1, seed=2, num_images=1, steps=STEPS - 2, cache=SETTINGS[first]))
+        try:
+            images = engine.generate(request(cache=cache, steps=STEPS)).images
+        except Exception as err:  # noqa: BLE001 - the test reports every pair that fails, with its error
+            broken.append(f"{first} then {second}: {type(err).__name__}: {err}")
+            continue
+        difference = (images - alone[second]).abs().max().item()
+        if difference > 1e-6:
+            broken.append(f"{first} then {second}: output differs by {difference:.2e}")
+    assert not broken, "\n".join(broken)
