@@ -62,14 +62,14 @@ def sampler_specs(name: str, nfe: int, calibrated: dict) -> list[tuple[str, dict
 
 def calibrate_all(config_path: Path, samples: int | None) -> dict:
     """Calibrated fields per sampler that needs them, computed on a copy of the model's YAML."""
-    from ditserve.sampling.calibration import calibrate
+    from ditserve.calibrate import calibrate
 
     found = {}
     for name, cls in SAMPLERS:
         if getattr(cls, "needs_calibration", False):
             started = time.perf_counter()
             try:
-                found[name] = calibrate(str(config_path), name, samples)
+                found[name] = calibrate(str(config_path), "sampler", name, samples)
             except PlanError as err:  # e.g. a sampler for another prediction type
                 print(f"  {name}: not calibrated ({err})")
                 continue

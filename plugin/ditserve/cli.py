@@ -128,26 +128,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Run the calibration a cache needs and write it into the model's YAML (`plan.cache`); with `--quant`,
-    a quantizer's statistics into a file that `plan.quant.calibration` names."""
-    if args.sampler:
-        from ditserve.caching.calibration import config_file
-        from ditserve.sampling.calibration import calibrate as calibrate_sampler
+    """Run the calibration a strategy needs and write it into the model's YAML (`ditserve/calibrate.py`);
+    with `--auto-steps`, the fewest steps at which a sampler meets a PSNR target."""
+    from ditserve.calibrate import calibrate, config_file
+    from ditserve.errors import PlanError
 
-        fields = calibrate_sampler(args.config, args.sampler, args.samples, args.auto_steps)
-        print(f"ditserve: wrote plan.sampler {args.sampler} {json.dumps(fields)} into {config_file(args.config)}")
-        return 0
-    if args.quant:
-        from ditserve.quantization.calibrate import calibrate as calibrate_quant
-
-        path = calibrate_quant(args.config, args.quant, args.out, 8 if args.samples is None else args.samples, None)
-        print(f"ditserve: wrote {path}; use it with plan.quant: {{name: {args.quant}, calibration: {path}}}")
-        return 0
-    from ditserve.caching.calibration import calibrate, config_file
-
-    fields = calibrate(args.config, args.cache, 8 if args.samples is None else args.samples)
-    print(f"ditserve: wrote plan.cache {args.cache} {json.dumps(fields)} into {config_file(args.config)}")
+    section, name = next(
+        (s, n) for s, n in (("cache", args.cache), ("sampler", args.sampler), ("quant", args.quant)) if n
+    )
+    if args.auto_steps is not None:
+        if section != "sampler":
+            raise PlanError("--auto-steps goes with --sampler")
+        fields = auto_steps(args.config, name, args.samples, args.auto_steps)
+    else:
+        fields = calibrate(args.config, section, name, args.samples, args.out)
+    print(f"ditserve: wrote plan.{section} {name} {json.dumps(fields)} into {config_file(args.config)}")
     return 0
+
+
+def auto_steps(config: str, sampler: str, samples: int | None, target_psnr: float) -> dict:
+    """Find the fewest steps at which `sampler` reaches `target_psnr` dB against its configured steps, and
+    write them into the YAML's plan.sampler."""
+    from ditserve.calibrate import DEFAULT_SAMPLES, calibration_engine, settings_in_yaml, write_plan_section
+    from ditserve.config import load_config
+    from ditserve.registry import SAMPLERS
+    from ditserve.sampling.auto_steps import fewest_steps
+
+    if samples is None:
+        samples = getattr(SAMPLERS.get(sampler), "calibration_samples", DEFAULT_SAMPLES)
+    settings = settings_in_yaml(config, "sampler", sampler)
+    engine = calibration_engine(load_config(config), "sampler")
+    steps = fewest_steps(engine, {"name": sampler, **settings}, target_psnr, samples)
+    write_plan_section(config, "sampler", sampler, {"steps": steps})
+    return {"steps": steps}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--warmup-rounds", type=int, help="warm-up batches before /readyz says ready (default 1)")
     serve.set_defaults(func=cmd_serve)
 
-    cal = sub.add_parser("calibrate", help="calibrate a cache on a model and write it into the model's YAML")
+    cal = sub.add_parser("calibrate", help="calibrate a strategy on a model and write it into the model's YAML")
     what = cal.add_mutually_exclusive_group(required=True)
     what.add_argument("--cache", help="cache strategy name (e.g. teacache)")
-    what.add_argument("--quant", help="quantizer name (w8a8, svdquant, mixed): stores its statistics in --out")
+    what.add_argument(
+        "--quant", help="quantizer name (w8a8, svdquant, mixed): statistics into --out, named in plan.quant"
+    )
     what.add_argument(
         "--sampler", help="sampler name (dpm-solver-v3, dc-solver; any with --auto-steps): into plan.sampler"
     )
@@ -197,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PSNR",
         help="with --sampler: store the fewest steps reaching this PSNR (dB) against its configured steps",
     )
-    cal.add_argument("--out", help="with --quant: statistics file (default calibration/<model>-<quant>.safetensors)")
+    cal.add_argument(
+        "--out", help="with --quant: statistics file (default <model>-<quant>.safetensors beside the YAML)"
+    )
     cal.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
     cal.add_argument(
         "--samples",

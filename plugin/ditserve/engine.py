@@ -10,6 +10,7 @@ leaks into the next.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import threading
@@ -224,15 +225,19 @@ class Engine:
         on_progress: OnProgress | None = None,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
+        sampler: Sampler | None = None,
     ) -> list[GenerationResult]:
         """Run compatible requests (same `Job.batch_key`) as one batch through the model.
 
         Every image keeps its own seed and noise generator, so each request gets the images it would
         get alone (up to the float rounding of a larger matrix product). The stats describe the batch.
+        `sampler` runs the loop in the requests' sampler's place (a calibration's recorder, `calibrate.py`).
         """
         if self.parallel.world_size != 1:
             return self.parallel.generate_batch(self, requests, on_progress, cancel, deadline)
         jobs = [self.validate(request) for request in requests]
+        if sampler is not None:
+            jobs = [dataclasses.replace(job, sampler=sampler) for job in jobs]
         if len({job.batch_key for job in jobs}) != 1:
             raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
         with self._lock, torch.inference_mode(), self._cache_for(jobs[0].cache) as cache:

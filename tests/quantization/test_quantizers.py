@@ -194,9 +194,9 @@ def test_attention_backend_refuses_attention_it_cannot_replace(quant_dit_dir):
 
 
 def test_calibrate_refuses_a_quantizer_without_calibration(quant_dit_dir, tmp_path):
-    from ditserve.quantization.calibrate import main
+    from ditserve.calibrate import calibrate
 
     config = tmp_path / "model.yaml"
     config.write_text(json.dumps({"model": {"name": "q", "path": str(quant_dit_dir), "family": "dit"}}))
     with pytest.raises(PlanError, match="needs no calibration; calibrated ones: mixed, svdquant, w8a8"):
-        main(["--config", str(config), "--quant", "int8"])
+        calibrate(str(config), "quant", "int8", None)

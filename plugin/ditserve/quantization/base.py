@@ -16,6 +16,7 @@ from ditserve.registry import Strategy, StrategyConfig
 if TYPE_CHECKING:  # the quantizers import torch; validating their configs needs none of it
     import torch
 
+    from ditserve.engine import Engine
     from ditserve.models.base import LoadedModel
 
 
@@ -27,7 +28,7 @@ class CalibratedQuantConfig(QuantConfig):
     """Base of configs for quantizers that need activation statistics from real sampling runs."""
 
     calibration: str | None = None
-    """A file written by `ditserve calibrate --quant NAME` (or `python -m ditserve.quantization.calibrate`);
+    """A file written by `ditserve calibrate --quant NAME` (which names it here);
     None calibrates at load on `calibration_samples` images (seconds on the digits model, long on big ones)."""
     calibration_samples: int = Field(4, ge=1, le=256)
     """Images sampled to collect statistics when calibrating."""
@@ -45,15 +46,19 @@ class Quantizer(Strategy):
     def apply(self, model: LoadedModel) -> None:
         """Quantize the loaded model in place."""
 
-    def calibrate(self, model: LoadedModel) -> dict[str, torch.Tensor]:
-        """Collect what `apply` needs from sampling runs of the unquantized model (tensors, to be stored)."""
+    def calibrate(self, engine: Engine) -> dict[str, torch.Tensor]:
+        """Collect what `apply` needs while `engine` (the unquantized model) runs calibration requests
+        (`ditserve.calibrate.record` with this quantizer's recorder); tensors, to be stored."""
         return {}
 
     def statistics(self, model: LoadedModel) -> dict[str, torch.Tensor]:
-        """The stored calibration named by the config, or a fresh calibration run when it names none."""
+        """The stored calibration named by the config, or a fresh calibration run when it names none (on
+        another copy of the checkpoint, as `ditserve calibrate --quant` runs it)."""
         path = getattr(self.config, "calibration", None)
         if path is None:
-            return self.calibrate(model)
+            from ditserve.calibrate import quantizer_engine
+
+            return self.calibrate(quantizer_engine(model))
         from pathlib import Path
 
         from safetensors.torch import load_file

@@ -1,89 +1,75 @@
-"""Calibration runs: sample a few images with the unquantized model and record what quantizers need.
+"""What the quantizers record while the engine runs calibration requests (`ditserve/calibrate.py`).
 
-Statistics come from real sampling trajectories (every step of a short sampler run, guidance on),
-not from random inputs, because a DiT's activations change with the timestep: the ranges seen at
-step 1 and step 50 differ, and a quantizer must cover both.
+Statistics come from real sampling trajectories (every step of a sampler run, guidance on), not from
+random inputs, because a DiT's activations change with the timestep: the ranges seen at step 1 and
+step 50 differ, and a quantizer must cover both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from ditserve.models.base import LoadedModel
+from ditserve.calibrate import Recorder, record
+from ditserve.quantization.layers import block_linears, scoped_linears
+
+if TYPE_CHECKING:
+    from ditserve.engine import Engine
+    from ditserve.quantization.base import Scope
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_PROMPTS = ("a photo of a cat", "a landscape at dusk", "a red car", "a bowl of fruit")
-"""Prompts for text-conditioned families (class-conditional ones cycle through their classes)."""
 
+class InputAbsmax(Recorder):
+    """Per input channel, the largest |activation| each linear layer saw (SmoothQuant's statistic)."""
 
-def sample_inputs(
-    model: LoadedModel, samples: int, steps: int, guidance: float = 4.0, seed: int = 0
-) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
-    """Run `samples` images through a DDIM loop; return the transformer inputs (x, t, kwargs) of every step."""
-    from ditserve.registry import SAMPLERS
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.scope = scope
+        """The linears observed: those `scoped_linears` gives for this scope, or the blocks' (None)."""
+        self.absmax: dict[str, torch.Tensor] = {}
+        self.handles: list[Any] = []
 
-    adapter = model.adapter
-    if adapter.conditioning == "class":
-        classes = max(1, len(model.id2label) or 10)
-        subjects: list = [k % classes for k in range(samples)]
-    else:
-        subjects = [CALIBRATION_PROMPTS[k % len(CALIBRATION_PROMPTS)] for k in range(samples)]
-    sampler_name = "ddim" if "ddim" in SAMPLERS else "none"
-    sampler = SAMPLERS.get(sampler_name)(SAMPLERS.parse({"name": sampler_name, "steps": steps}, "calibration"),
-                                         model.scheduler_config)  # fmt: skip
-    conditioning = adapter.condition(model, subjects, guidance=True)
-    kwargs = {key: torch.cat([value, conditioning.uncond[key]]) for key, value in conditioning.cond.items()}
-    height, width = adapter.default_size(model)
-    shape = adapter.latent_shape(model, height, width)
-    generators = [torch.Generator().manual_seed(seed + k) for k in range(samples)]
-    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
-    recorded = []
+    def attach(self, engine: Engine) -> None:
+        model = engine.model
+        linears = block_linears(model) if self.scope is None else scoped_linears(model, self.scope)
+        self.handles = [
+            module.register_forward_pre_hook(lambda _m, args, name=name: self.observe(name, args[0]))
+            for name, module in linears.items()
+        ]
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([x, x])
-        recorded.append((both, t, kwargs))
-        cond, uncond = adapter.predict(model, both, t, kwargs).chunk(2)
-        return uncond + guidance * (cond - uncond)
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        seen = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+        self.absmax[name] = torch.maximum(self.absmax[name], seen) if name in self.absmax else seen
 
-    with torch.inference_mode():
-        sampler.sample(denoise, noise, steps, generators, lambda *_: None, adapter.schedule_kwargs(model, shape))
-    return recorded
-
-
-@contextmanager
-def record_linear_inputs(linears: dict[str, nn.Linear], record: Callable[[str, torch.Tensor], None]):
-    """Call `record(name, input)` for every forward of each named linear while the context is open."""
-    handles = [
-        module.register_forward_pre_hook(lambda _m, args, name=name: record(name, args[0]))
-        for name, module in linears.items()
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
+    def detach(self) -> None:
+        for handle in self.handles:
             handle.remove()
 
 
-def input_absmax(
-    model: LoadedModel, linears: dict[str, nn.Linear], samples: int, steps: int
-) -> dict[str, torch.Tensor]:
-    """Per input channel, the largest |activation| each linear saw in calibration (SmoothQuant's statistic)."""
-    absmax: dict[str, torch.Tensor] = {}
+class TransformerInputs(Recorder):
+    """The arguments of every transformer call (one per step: the doubled batch under guidance), to replay."""
 
-    def record(name: str, x: torch.Tensor) -> None:
-        seen = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
-        absmax[name] = torch.maximum(absmax[name], seen) if name in absmax else seen
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self.handle: Any = None
 
-    with record_linear_inputs(linears, record):
-        sample_inputs(model, samples, steps)
-    log.info("calibrated %d linear layers on %d samples × %d steps", len(absmax), samples, steps)
-    return absmax
+    def attach(self, engine: Engine) -> None:
+        self.handle = engine.model.transformer.register_forward_pre_hook(
+            lambda _m, args, kwargs: self.calls.append((args, kwargs)), with_kwargs=True
+        )
+
+    def detach(self) -> None:
+        self.handle.remove()
+
+
+def input_absmax(engine: Engine, samples: int, steps: int, scope: Scope | None = None) -> dict[str, torch.Tensor]:
+    """`InputAbsmax` over `samples` calibration requests of `steps` steps on `engine`'s (unquantized) model."""
+    recorder = InputAbsmax(scope)
+    record(engine, recorder, samples, steps)
+    log.info("calibrated %d linear layers on %d samples × %d steps", len(recorder.absmax), samples, steps)
+    return recorder.absmax
 
 
 def smoothing_factors(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ditserve.calibrate import record
 from ditserve.quantization.base import CalibratedQuantConfig, Quantizer
-from ditserve.quantization.calibration import sample_inputs
+from ditserve.quantization.calibration import TransformerInputs
 from ditserve.quantization.int8 import Int8WeightLinear
 from ditserve.quantization.layers import block_linears, replace_module
 from ditserve.registry import QUANTIZERS
@@ -66,17 +67,18 @@ class MixedPrecision(Quantizer):
     Config = MixedConfig
     needs_calibration = True
 
-    def calibrate(self, model) -> dict[str, torch.Tensor]:
+    def calibrate(self, engine) -> dict[str, torch.Tensor]:
         """Per-layer sensitivity (relative output error with that layer at int4), keyed by layer name."""
         cfg = self.config
-        recorded = sample_inputs(model, cfg.calibration_samples, cfg.calibration_steps)
-        step = max(1, len(recorded) // cfg.probe_inputs)
-        probes = recorded[::step][: cfg.probe_inputs]
-        adapter = model.adapter
+        recorder = TransformerInputs()
+        record(engine, recorder, cfg.calibration_samples, cfg.calibration_steps)
+        step = max(1, len(recorder.calls) // cfg.probe_inputs)
+        probes = recorder.calls[::step][: cfg.probe_inputs]
+        model = engine.model
 
         def outputs() -> list[torch.Tensor]:
             with torch.inference_mode():
-                return [adapter.predict(model, x, t, kwargs).float() for x, t, kwargs in probes]
+                return [model.transformer(*args, **kwargs)[0].float() for args, kwargs in probes]  # output or tuple
 
         reference = outputs()
         sensitivity = {}

@@ -88,9 +88,9 @@ class SVDQuant(Quantizer):
     Config = SVDQuantConfig
     needs_calibration = True
 
-    def calibrate(self, model) -> dict[str, torch.Tensor]:
+    def calibrate(self, engine) -> dict[str, torch.Tensor]:
         cfg = self.config
-        return input_absmax(model, scoped_linears(model, cfg.scope), cfg.calibration_samples, cfg.calibration_steps)
+        return input_absmax(engine, cfg.calibration_samples, cfg.calibration_steps, cfg.scope)
 
     def apply(self, model) -> None:
         cfg = self.config

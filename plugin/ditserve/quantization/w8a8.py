@@ -58,9 +58,9 @@ class W8A8(Quantizer):
     Config = W8A8Config
     needs_calibration = True
 
-    def calibrate(self, model) -> dict[str, torch.Tensor]:
+    def calibrate(self, engine) -> dict[str, torch.Tensor]:
         cfg = self.config
-        return input_absmax(model, block_linears(model), cfg.calibration_samples, cfg.calibration_steps)
+        return input_absmax(engine, cfg.calibration_samples, cfg.calibration_steps)
 
     def apply(self, model) -> None:
         absmax = self.statistics(model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ditserve.calibrate import SamplerRecorder, record
 from ditserve.registry import SAMPLERS
 
 
@@ -22,14 +23,13 @@ def fewest_steps(engine, sampler_spec: dict[str, Any], target_psnr: float, sampl
     import torch
 
     from ditserve.quality import psnr
-    from ditserve.sampling.calibration import run_sampler
 
     config = SAMPLERS.parse(sampler_spec, "plan.sampler")
-    sampler = SAMPLERS.get(config.name)(config, engine.model.scheduler_config)
+    sampler = SamplerRecorder(SAMPLERS.get(config.name)(config, engine.model.scheduler_config))
     full = config.steps
 
     def images(steps: int) -> torch.Tensor:
-        return torch.cat([r.images for r in run_sampler(engine, sampler, samples, steps)]) * 2 - 1
+        return torch.cat([r.images for r in record(engine, sampler, samples, steps)]) * 2 - 1
 
     reference = images(full)
     low, high = 1, full  # high always meets the target

@@ -154,11 +154,11 @@ class DCSolver(ODESampler):
     @classmethod
     def calibrate(cls, engine, samples: int, settings: dict[str, Any], directory: Path) -> dict[str, Any]:
         """Search the ratios for each of `calibrate_steps` on `samples` calibration requests."""
-        from ditserve.sampling.calibration import run_sampler
+        from ditserve.calibrate import SamplerRecorder, record
 
         config = cls.Config(**{k: v for k, v in settings.items() if k != "ratios"})
         searcher = RatioSearch(config, engine.model.scheduler_config, calibrating=True)
-        run_sampler(engine, searcher, samples)
+        record(engine, SamplerRecorder(searcher), samples)
         return {"ratios": searcher.found}
 
 

@@ -26,7 +26,7 @@ refuses to load.
 What mattered, measured on digits-flow at 5 steps (PSNR against the 200-step reference; DPM-Solver++
 29.3 dB): calibrated on 2 stock prompts the model was never trained on ("a photo of a cat") v3 reached
 16 dB, on 16 digit prompts 26.5 dB (text models are now calibrated on the prompts their checkpoint
-ships, `sampling/calibration.py`); a ridge pulling s toward 0 where f varies little across samples (most
+ships, `calibrate.py`); a ridge pulling s toward 0 where f varies little across samples (most
 of a digit's background) and a bound of 2 on |s| cost another 1.2 dB (and 12 dB at 50 steps, where v3
 stopped converging); the first-order predictor gained 2.6 dB over the second-order one (31.7 dB). On
 digits-dit (DPM-Solver++ 25.5 dB) s and b had been fitted to f computed with the raw l while the solver
@@ -252,10 +252,10 @@ class DPMSolverV3(ODESampler):
         """Estimate the EMS on `samples` calibration requests; write them beside the YAML; return the field."""
         from safetensors.torch import save_file
 
-        from ditserve.sampling.calibration import run_sampler
+        from ditserve.calibrate import SamplerRecorder, record
 
         recorder = StatisticsRecorder(cls.Config(statistics=None, steps=1), engine.model.scheduler_config)
-        run_sampler(engine, recorder, samples)
+        record(engine, SamplerRecorder(recorder), samples)
         path = (Path(directory) / f"{engine.config.model.name}-dpm-solver-v3.safetensors").resolve()
         save_file({k: v.float().contiguous() for k, v in recorder.result.items()}, str(path))
         return {"statistics": str(path)}
