@@ -1,13 +1,16 @@
 """AB-Cache: training-free acceleration of diffusion models via Adams–Bashforth cached feature reuse
 (Yu et al., 2025, arXiv 2504.10540).
 
-What is cached: each block's residual at its last three full steps. When it is refreshed: every
-`interval` steps (after `warmup` full steps). In between, a block's residual is extrapolated with the
-Adams–Bashforth rule of order up to `order` over the full steps' history, treating features as the
-solution of an ODE in the step index: with d_k the finite difference per step between stored
-residuals, r(s) = r_n + (s − s_n)·(3/2·d_n − 1/2·d_{n−1}) (order 2), r_n + (s − s_n)·d_n (order 1),
-r_n (order 0, FORA). `interval: 1` computes every block (bit-identical to no caching). Decisions are
-per batch.
+What is cached: each block's residual at its last three full steps. When it is refreshed: after
+`warmup` full steps, at full steps spaced `spacing` of the denoising trajectory apart, as FORA's
+(caching/fora.py, caching/trajectory.py: an extrapolated residual goes stale with the stretch of the
+trajectory it covers, so a spacing fixed in steps would lose fidelity at fewer steps; the default is
+every 2nd step at 20 steps, every 3rd at 28, every 4th at 50); `interval` fixes it in steps instead. In between, a
+block's residual is extrapolated with the Adams–Bashforth rule of order up to `order` over the full
+steps' history, treating features as the solution of an ODE in the step index: with d_k the finite
+difference per step between stored residuals, r(s) = r_n + (s − s_n)·(3/2·d_n − 1/2·d_{n−1})
+(order 2), r_n + (s − s_n)·d_n (order 1), r_n (order 0, FORA). `interval: 1` computes every block
+(bit-identical to no caching). Decisions are per batch.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from pydantic import Field
 
 from ditserve.caching.base import CacheConfig
 from ditserve.caching.blocks import BlockCache
+from ditserve.caching.trajectory import static_full_step
 from ditserve.registry import CACHES
 
 
 class ABCacheConfig(CacheConfig):
     name: Literal["ab-cache"] = "ab-cache"
-    interval: int = Field(3, ge=1, le=100)
-    """Compute all blocks every `interval` steps; extrapolate their residuals in between."""
+    spacing: float = Field(0.08, gt=0.0, le=1.0)
+    """Full steps are at least this much denoising progress (1 − t/t₀) apart; the steps between extrapolate
+    the residuals. Holds its fidelity at any step count."""
+    interval: int | None = Field(None, ge=1, le=100)
+    """Compute all blocks every `interval` steps instead of by `spacing`."""
     order: int = Field(2, ge=0, le=2)
     """Adams–Bashforth order of the extrapolation (0 reuses the last residual as FORA does)."""
     warmup: int = Field(2, ge=0, le=1000)
@@ -41,10 +48,15 @@ class ABCache(BlockCache):
     def reset(self) -> None:
         super().reset()
         self.history: dict[int, list[tuple[int, dict[str, torch.Tensor]]]] = {}
+        self.last_full = 0.0
 
     def begin_call(self) -> None:
         config = self.config
-        self.full = self.call < config.warmup or (self.call - config.warmup) % config.interval == 0
+        self.full = static_full_step(
+            self.call, self.progress, self.last_full, config.warmup, config.interval, config.spacing
+        )
+        if self.full:
+            self.last_full = self.progress
 
     def compute(self, index, block, args, kwargs) -> bool:
         return self.full

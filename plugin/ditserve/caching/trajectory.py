@@ -1,0 +1,76 @@
+"""Cache settings that mean the same at any step count: stated in denoising progress, not in steps.
+
+A cached feature goes stale in proportion to how far the sample has moved since it was computed. With
+fewer steps each step covers more of the trajectory, so a reuse interval counted in steps, or a
+threshold on the change between two steps, means something else at 20 steps than at 50: settings tuned
+at 50 steps then lose several dB at 20–28. Caches state theirs against denoising progress
+p = 1 − t/t₀ instead (0 at the request's first call, approaching 1 at its last, whatever the step
+count; t is the timestep the transformer is called with):
+
+- a spacing between full steps is a fraction of the trajectory (`full_step_due`);
+- a threshold on the change over one step is stated for a reference step of `REFERENCE_STEP` (one step
+  of 50) and scaled by the size of the actual step (`step_scale`), so the same threshold lets a cached
+  feature drift over the same stretch of the trajectory at any step count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REFERENCE_STEP = 0.02
+"""The step, in denoising progress, that per-step thresholds are stated for: one step of 50."""
+
+TOLERANCE = 1e-9
+"""Slack in progress comparisons, so a spacing that is an exact multiple of the step is reached."""
+
+
+def full_step_due(progress: float, last_full: float, spacing: float) -> bool:
+    """Whether at least `spacing` of the trajectory passed since the last full step (at `last_full`)."""
+    return progress - last_full >= spacing - TOLERANCE
+
+
+def step_scale(step: float) -> float:
+    """What a per-step threshold stated for `REFERENCE_STEP` is multiplied by for a step of `step` progress."""
+    return step / REFERENCE_STEP
+
+
+class Progress:
+    """A request's denoising progress, read from the `timestep` keyword of each transformer call.
+
+    For caches built on diffusers' hooks, which count calls but not progress; `BlockCache` keeps its own."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.first: float | None = None
+        self.value = 0.0
+        """Progress of the current call, 1 − t/t₀."""
+        self.step = 0.0
+        """Progress the current call made over the previous one (0 at the first call)."""
+        self.calls = 0
+
+    def observe(self, module, args, kwargs) -> None:
+        """A transformer forward pre-hook (`register_forward_pre_hook(..., with_kwargs=True)`)."""
+        timestep = kwargs.get("timestep")
+        self.calls += 1
+        if not isinstance(timestep, torch.Tensor) or not timestep.numel():
+            return
+        value = float(timestep.reshape(-1)[0])
+        if self.first is None:
+            self.first = value
+        progress = 1.0 - value / self.first if self.first else 0.0
+        self.step, self.value = progress - self.value, progress
+
+
+def static_full_step(
+    call: int, progress: float, last_full: float, warmup: int, interval: int | None, spacing: float
+) -> bool:
+    """Whether call `call` (at `progress`; the last full step at `last_full`) computes every block, for a
+    cache with a static schedule: the first `warmup` calls, then every `interval` calls when one is given,
+    else whenever `spacing` of the trajectory passed."""
+    if call < warmup:
+        return True
+    if interval is not None:
+        return (call - warmup) % interval == 0
+    return call == 0 or full_step_due(progress, last_full, spacing)
