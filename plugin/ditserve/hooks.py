@@ -6,7 +6,9 @@ the library's chain on one mechanism and none of them replaces `forward` by hand
 registered on a module sits innermost (next to the module's own `forward`), each later one wraps the
 chain so far.
 
-Two things in diffusers 0.42's registry need care, and these functions take it:
+Three things in diffusers 0.42's registry need care, and these functions take it:
+- `HookRegistry.remove_hook` leaves the module's `forward` set on the instance after its last hook goes;
+  `remove_hook` here deletes it, so the module is as loaded.
 - `HookRegistry.remove_hook` relinks the chain through the next hook's `forward`; for a next hook with a
   `new_forward` (one that may skip the module: every cache) that field is the hook itself, which the
   relink overwrites — the hook stays registered but no longer runs. `remove_hook` here relinks such a
@@ -45,6 +47,8 @@ def remove_hook(root: nn.Module, name: str) -> None:
         registry.remove_hook(name, recurse=False)
         if skips_module:  # diffusers linked the inner chain into `forward`; it belongs in `original_forward`
             outer.original_forward, outer.forward = outer.forward, outer_forward
+        if not registry.hooks and getattr(module.__dict__.get("forward"), "__func__", None) is type(module).forward:
+            del module.forward  # the last hook is gone: the module runs its class's own `forward` again
     registries_changed(root)
 
 

@@ -43,6 +43,7 @@ def test_it_refuses_to_load_where_diffusers_finds_no_attention_layer():
     from pathlib import Path
 
     from ditserve.errors import PlanError
+    from ditserve.hooks import hook_names
     from ditserve.models.base import BlockGroup, LoadedModel
     from ditserve.models.pixart import PixArtAdapter
     from ditserve.registry import CACHES
@@ -57,3 +58,5 @@ def test_it_refuses_to_load_where_diffusers_finds_no_attention_layer():
     cache = CACHES.get("fastercache")(CACHES.parse({"name": "fastercache"}, "plan.cache"))
     with pytest.raises(PlanError, match=r"did not reach the attention layers inner\.transformer_blocks\.0\.attn1"):
         cache.apply(model)
+    cache.remove()  # what the engine does after a refused override: the model is left as loaded
+    assert hook_names(wrapper) == {}

@@ -52,6 +52,8 @@ class BlockHook(ModelHook):
 class BlockCache(CacheStrategy):
     """Base of caches that skip whole blocks and reuse their residuals. Subclasses decide `compute`."""
 
+    model: LoadedModel | None = None
+
     @property
     def hook_name(self) -> str:
         """The name of this cache's hooks on the blocks and the transformer."""
@@ -70,7 +72,8 @@ class BlockCache(CacheStrategy):
         add_hook(model.transformer, model.transformer, self.calls, self.hook_name)
 
     def remove(self) -> None:
-        remove_hook(self.model.transformer, self.hook_name)
+        if self.model is not None:  # None: `apply` refused before it reached the model
+            remove_hook(self.model.transformer, self.hook_name)
 
     @property
     def call(self) -> int:

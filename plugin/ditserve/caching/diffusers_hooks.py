@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar
 
 from diffusers.hooks import HookRegistry, ModelHook
 from pydantic import AfterValidator
+from torch import nn
 
 from ditserve.caching.base import CacheStrategy
 from ditserve.caching.progress import DenoisingProgress
@@ -68,6 +69,7 @@ class DiffusersHookCache(CacheStrategy):
 
     hook_names: ClassVar[tuple[str, ...]] = ()
     """The names diffusers registers its hooks under."""
+    transformer: nn.Module | None = None
 
     @property
     def own_hook(self) -> str:
@@ -107,6 +109,8 @@ class DiffusersHookCache(CacheStrategy):
         self.registry.reset_stateful_hooks()
 
     def remove(self) -> None:
+        if self.transformer is None:  # `apply` refused before it reached the model
+            return
         for name in (*self.hook_names, self.own_hook, self.own_hook + ".text_in", self.own_hook + ".text_out"):
             remove_hook(self.transformer, name)
 
