@@ -74,6 +74,7 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
     from ditserve.config import parse_config
     from ditserve.engine import Engine
     from ditserve.parallel.comm import Comm
+    from ditserve.parallel.distributed import Placement
     from ditserve.parallel.groups import build_groups, init_loopback
     from ditserve.parallel.sequence import self_attentions
     from ditserve.quality.metrics import psnr
@@ -110,17 +111,17 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
         record = {}
         if groups is not None:
             comm = Comm()
-            runner.check(engine.model)
-            installed = runner.install(engine, groups, comm)
+            runner.check(engine.model, engine.config.plan)
+            runner.apply(engine.model, Placement(groups, comm))
             times = []
             for repeat in range(spec["repeats"] + 1):
-                installed.reset()
+                runner.reset()
                 comm.bytes_sent = 0
                 started = time.perf_counter()
                 result = engine.generate(request)
                 if repeat:  # the first run warms up
                     times.append(time.perf_counter() - started)
-            installed.remove()
+            runner.remove()
             record = {
                 "bytes_per_call": comm.bytes_sent / result.stats.model_evaluations,
                 "seconds": statistics.median(times),

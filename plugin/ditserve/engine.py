@@ -25,7 +25,7 @@ from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.counters import AttentionCounter, BlockCounter
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
-from ditserve.models.base import count_blocks
+from ditserve.models.base import LoadedModel, count_blocks
 from ditserve.models.fullsize import FULLSIZE_PREFIX
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
@@ -95,44 +95,31 @@ class Job:
         return (self.steps, self.height, self.width, self.guidance, sampler, cache)
 
 
-class Engine:
-    """Serves one model with one plan. Thread-safe: requests run one at a time."""
+def load_model(config: ModelConfig, device: torch.device | None = None) -> LoadedModel:
+    """The model `config` names, on `device` (default: the config's); on `meta` it has shapes and no weights."""
+    adapter = get_adapter(config.model.family)
+    dtype, device = getattr(torch, config.model.dtype), device or pick_device(config.model.device)
+    if config.model.path.startswith(FULLSIZE_PREFIX):  # a published architecture, random weights
+        from ditserve.models.fullsize import build_model
 
-    def __init__(self, config: ModelConfig) -> None:
-        self.config = config
-        started = time.perf_counter()
-        if config.model.threads:
-            torch.set_num_threads(config.model.threads)
-        self.adapter = get_adapter(config.model.family)
-        dtype, device = getattr(torch, config.model.dtype), pick_device(config.model.device)
-        if config.model.path.startswith(FULLSIZE_PREFIX):  # a published architecture, random weights
-            from ditserve.models.fullsize import build_model
+        return build_model(config.model.path[len(FULLSIZE_PREFIX) :], adapter, dtype, device)
+    return adapter.load(resolve_model_path(config.resolved_path()), dtype=dtype, device=device)
 
-            self.model = build_model(config.model.path[len(FULLSIZE_PREFIX) :], self.adapter, dtype, device)
-        else:
-            self.model = self.adapter.load(resolve_model_path(config.resolved_path()), dtype=dtype, device=device)
-        self.blocks_per_call = count_blocks(self.adapter, self.model.transformer)
-        self.block_counter = BlockCounter(self.model)
-        self.attention_counter = AttentionCounter(self.model)
-        self.attention_layers_per_call = len(self.adapter.attention_layers(self.model.transformer))
+
+class Front:
+    """What checks requests for one model and plan before any model work, and describes them: the adapter,
+    the limits, the plan's sampler and runner, and a model to read shapes and labels from.
+
+    Every executor is one: the local `Engine` over the model it loaded and runs, the multi-process
+    `parallel.executor.RankExecutor` over a model without weights (its ranks hold the only copies)."""
+
+    def __init__(self, config: ModelConfig, model: LoadedModel) -> None:
+        self.config, self.model, self.adapter = config, model, model.adapter
+        self.blocks_per_call = count_blocks(self.adapter, model.transformer)
         plan = config.plan
         self.parallel = PARALLEL.get(plan.parallel.name)(plan.parallel)
-        if self.parallel.world_size != 1:  # the runner's ranks load their own copies and run every request
-            self.parallel.check(self.model)
-            self.parallel.start(config)
-        self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
-        self.quantizer.apply(self.model)
-        self.cache = CACHES.get(plan.cache.name)(plan.cache)
-        self.cache.apply(self.model)
+        self.parallel.check(model, plan)
         self.sampler = self._make_sampler(plan.sampler)
-        self._lock = threading.Lock()
-        self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s (%s) in %.1fs", config.model.name, config.model.family, self.load_seconds)
-
-    @classmethod
-    def from_config(cls, path: str | Path) -> Engine:
-        """An engine for a model config file or `builtin:<name>`."""
-        return cls(load_config(path))
 
     def _make_sampler(self, sampler_config) -> Sampler:
         return SAMPLERS.get(sampler_config.name)(sampler_config, self.model.scheduler_config)
@@ -165,7 +152,7 @@ class Engine:
                 raise RequestError("sampler", str(err)) from None
         if request.cache is not None:
             cache = self._override("cache", request.cache)
-            if cache == self.cache.config:
+            if cache == self.config.plan.cache:
                 cache = None
             elif self.parallel.world_size != 1:
                 raise RequestError("cache", "a multi-process plan (plan.parallel) runs its own cache only; omit it")
@@ -180,6 +167,7 @@ class Engine:
             if value > limits.max_side:
                 raise RequestError(name, f"must be at most {limits.max_side} (got {value})")
         self.adapter.check_size(self.model, height, width)
+        self.parallel.check_size(self.model, height, width)
         guidance = request.guidance_scale if request.guidance_scale is not None else self.config.model.guidance_scale
         if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
             raise RequestError("seed", "seed + num_images must stay below 2**63")
@@ -219,6 +207,78 @@ class Engine:
         stop it at the next step boundary with `Cancelled`."""
         return self.generate_batch([request], on_progress, cancel, deadline)[0]
 
+    @property
+    def alive(self) -> bool:
+        """False once the executor cannot serve again (a rank of a multi-process executor died or hung)."""
+        return True
+
+    def close(self) -> None:
+        """Stop the executor's ranks, if it has any."""
+
+    def warmup(self) -> float:
+        """Run one small request end to end (allocations, lazy inits); returns its seconds."""
+        started = time.perf_counter()
+        subject = 0 if self.adapter.conditioning == "class" else "warm-up"
+        request = GenerationRequest(
+            prompt=subject if isinstance(subject, str) else None,
+            class_label=subject if isinstance(subject, int) else None,
+            steps=min(2, self.config.limits.max_steps),
+            seed=0,
+        )
+        self.generate(request)
+        return time.perf_counter() - started
+
+    def describe(self) -> dict:
+        """The model, its plan and its limits, as plain data (for listings and `GetModel`)."""
+        default_h, default_w = self.adapter.default_size(self.model)
+        return {
+            "name": self.config.model.name,
+            "family": self.config.model.family,
+            "conditioning": self.adapter.conditioning,
+            "labels": {k: v for k, v in sorted(self.model.id2label.items())},
+            "default_size": [default_h, default_w],
+            "blocks_per_call": self.blocks_per_call,
+            "device": str(self.model.device),
+            "plan": self.config.plan.model_dump(mode="json"),
+            "limits": self.config.limits.model_dump(mode="json"),
+        }
+
+
+class Engine(Front):
+    """The local executor: one loaded model with its plan, and the sampling loop. Thread-safe: requests run one
+    at a time.
+
+    In a rank of a multi-process executor (`parallel/ranks.py`), `placement` holds the rank's process groups
+    and the plan's runner is applied over them at load, like the cache and the quantizer."""
+
+    def __init__(self, config: ModelConfig, placement=None) -> None:
+        started = time.perf_counter()
+        if config.model.threads:
+            torch.set_num_threads(config.model.threads)
+        super().__init__(config, load_model(config))
+        if self.parallel.world_size != 1 and placement is None:
+            raise PlanError(
+                f"plan.parallel {config.plan.parallel.name!r} runs on {self.parallel.world_size} ranks: serve it "
+                "through the multi-process executor (`ditserve.parallel.executor.open_executor`), not an Engine"
+            )
+        self.block_counter = BlockCounter(self.model)
+        self.attention_counter = AttentionCounter(self.model)
+        self.attention_layers_per_call = len(self.adapter.attention_layers(self.model.transformer))
+        plan = config.plan
+        self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
+        self.quantizer.apply(self.model)
+        self.cache = CACHES.get(plan.cache.name)(plan.cache)
+        self.cache.apply(self.model)
+        self.parallel.apply(self.model, placement)
+        self._lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s (%s) in %.1fs", config.model.name, config.model.family, self.load_seconds)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> Engine:
+        """An engine for a model config file or `builtin:<name>`."""
+        return cls(load_config(path))
+
     def generate_batch(
         self,
         requests: list[GenerationRequest],
@@ -233,8 +293,6 @@ class Engine:
         get alone (up to the float rounding of a larger matrix product). The stats describe the batch.
         `sampler` runs the loop in the requests' sampler's place (a calibration's recorder, `calibrate.py`).
         """
-        if self.parallel.world_size != 1:
-            return self.parallel.generate_batch(self, requests, on_progress, cancel, deadline)
         jobs = [self.validate(request) for request in requests]
         if sampler is not None:
             jobs = [dataclasses.replace(job, sampler=sampler) for job in jobs]
@@ -242,6 +300,7 @@ class Engine:
             raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
         with self._lock, torch.inference_mode(), self._cache_for(jobs[0].cache) as cache:
             cache.reset()
+            self.parallel.reset()
             try:
                 images, stats = self._run(jobs, on_progress, cancel, deadline)
             finally:
@@ -334,40 +393,3 @@ class Engine:
             raise Cancelled(done, "cancelled")
         if deadline is not None and time.monotonic() > deadline:
             raise Cancelled(done, "deadline exceeded")
-
-    @property
-    def alive(self) -> bool:
-        """False once a rank of a multi-process runner has died or hung (restart the service)."""
-        return self.parallel.alive
-
-    def close(self) -> None:
-        """Stop a multi-process runner's ranks (nothing to do for a single-process engine)."""
-        self.parallel.close()
-
-    def warmup(self) -> float:
-        """Run one small request end to end (allocations, lazy inits); returns its seconds."""
-        started = time.perf_counter()
-        subject = 0 if self.adapter.conditioning == "class" else "warm-up"
-        request = GenerationRequest(
-            prompt=subject if isinstance(subject, str) else None,
-            class_label=subject if isinstance(subject, int) else None,
-            steps=min(2, self.config.limits.max_steps),
-            seed=0,
-        )
-        self.generate(request)
-        return time.perf_counter() - started
-
-    def describe(self) -> dict:
-        """The model, its plan and its limits, as plain data (for listings and `GetModel`)."""
-        default_h, default_w = self.adapter.default_size(self.model)
-        return {
-            "name": self.config.model.name,
-            "family": self.config.model.family,
-            "conditioning": self.adapter.conditioning,
-            "labels": {k: v for k, v in sorted(self.model.id2label.items())},
-            "default_size": [default_h, default_w],
-            "blocks_per_call": self.blocks_per_call,
-            "device": str(self.model.device),
-            "plan": self.config.plan.model_dump(mode="json"),
-            "limits": self.config.limits.model_dump(mode="json"),
-        }

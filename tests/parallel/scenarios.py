@@ -4,7 +4,8 @@ One set of spawned ranks serves every scenario (spawning and importing torch cos
 this machine), each scenario building its own process groups over the first `world_size` ranks and
 installing its runner on engines loaded once per rank, then undoing it. Rank 0 runs each request
 single-process first (the reference) and records, per scenario, the largest absolute difference and
-the PSNR of the parallel images against it, and the bytes each rank sent.
+the PSNR of the parallel images against it, the bytes each rank sent in the first run, and how far a
+second run of the same request (after the runner's `reset`) strays from the first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: s
     from ditserve.config import parse_config
     from ditserve.engine import Engine
     from ditserve.parallel.comm import Comm
+    from ditserve.parallel.distributed import Placement
     from ditserve.parallel.groups import build_groups, init_loopback
     from ditserve.quality.metrics import psnr
     from ditserve.registry import PARALLEL
@@ -53,21 +55,25 @@ def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: s
         record = {}
         if groups is not None:
             comm = Comm()
-            runner.check(served.model)
-            installed = runner.install(served, groups, comm)
+            runner.check(served.model, served.config.plan)
+            runner.apply(served.model, Placement(groups, comm))
             try:
-                installed.reset()
+                runner.reset()
                 images = served.generate(request).images
+                record["bytes"] = comm.bytes_sent
+                runner.reset()  # the runner's state of the first request must not reach the second
+                again = served.generate(request).images
+                record["repeat_diff"] = (again - images).abs().max().item()
             except Exception:
                 record["error"] = traceback.format_exc()
                 images = None
             finally:
-                installed.remove()
-            record["bytes"] = comm.bytes_sent
+                runner.remove()
         sent = [None] * world_size if rank == 0 else None
         dist.gather_object(record, sent, dst=0)
         if rank == 0:
             summary = {"bytes": [r.get("bytes") for r in sent], "errors": [r["error"] for r in sent if "error" in r]}
+            summary["repeat_diff"] = max((r["repeat_diff"] for r in sent if "repeat_diff" in r), default=None)
             if images is not None:
                 summary["max_abs_err"] = (images - reference).abs().max().item()
                 summary["psnr"] = psnr(images * 2 - 1, reference * 2 - 1).min().item()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from ditserve_testing import engine_for
 
+from ditserve.config import parse_config
 from ditserve.errors import ConfigError, PlanError
+from ditserve.parallel.executor import open_executor
 from ditserve.parallel.groups import Degrees
+
+
+def executor_for(path, **plan):
+    """The multi-process executor for the tiny DiT: a refused plan fails here, before any rank is spawned."""
+    return open_executor(parse_config({"model": {"name": "tiny", "path": str(path), "family": "dit"}, "plan": plan}))
 
 
 def test_the_layout_is_xfusers_with_ulysses_fastest_inside_sp():
@@ -39,15 +45,46 @@ def test_data_parallel_replicas_are_the_slowest_axis():
 )
 def test_degrees_the_model_cannot_take_fail_at_load_with_the_reason(tiny_dit_dir, parallel, reason):
     with pytest.raises(PlanError, match=reason):
-        engine_for(tiny_dit_dir, parallel=parallel)
+        executor_for(tiny_dit_dir, parallel=parallel)
 
 
 def test_a_degree_out_of_bounds_is_a_config_error(tiny_dit_dir):
     with pytest.raises(ConfigError, match="cfg"):
-        engine_for(tiny_dit_dir, parallel={"name": "cfg", "cfg": 3})
+        executor_for(tiny_dit_dir, parallel={"name": "cfg", "cfg": 3})
 
 
 @pytest.mark.parametrize("runner", [{"name": "pipefusion", "pipefusion": 2}, {"name": "asyncdiff", "components": 2}])
 def test_a_staged_runner_refuses_a_block_cache_at_load(tiny_dit_dir, runner):
     with pytest.raises(PlanError, match="does not combine with cache 'fora'"):
-        engine_for(tiny_dit_dir, cache={"name": "fora", "interval": 2}, parallel=runner)
+        executor_for(tiny_dit_dir, cache={"name": "fora", "interval": 2}, parallel=runner)
+
+
+@pytest.mark.parametrize(
+    ("parallel", "reason"),
+    [
+        (
+            {"name": "ulysses", "ulysses": 2, "ring": 2},
+            "does not compose with ring 2 \\(world ulysses 2 × ring 2 = 4\\)",
+        ),
+        ({"name": "pipefusion", "pipefusion": 2, "ulysses": 2}, "does not compose with ulysses 2"),
+        ({"name": "data", "dp": 2, "pipefusion": 2}, "does not compose with pipefusion 2"),
+        ({"name": "usp", "ulysses": 1, "ring": 1}, "needs at least 2 ranks"),
+    ],
+)
+def test_degrees_a_technique_does_not_drive_are_refused_with_the_numbers(parallel, reason):
+    with pytest.raises(ConfigError, match=reason):
+        parse_config({"model": {"name": "tiny", "path": "x", "family": "dit"}, "plan": {"parallel": parallel}})
+
+
+@pytest.mark.parametrize(
+    ("parallel", "world"),
+    [
+        ({"name": "usp", "ulysses": 2, "ring": 2, "cfg": 2, "dp": 2}, 16),
+        ({"name": "pipefusion", "pipefusion": 2, "cfg": 2, "dp": 3}, 12),
+        ({"name": "data", "dp": 2, "cfg": 2}, 4),
+        ({"name": "ulysses", "ulysses": 4}, 4),
+    ],
+)
+def test_degrees_compose_into_the_world_size(parallel, world):
+    plan = parse_config({"model": {"name": "tiny", "path": "x", "family": "dit"}, "plan": {"parallel": parallel}}).plan
+    assert plan.parallel.degrees().world_size == world

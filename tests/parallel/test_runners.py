@@ -28,6 +28,8 @@ EXACT = {
     "dit-ring2": ("digits", {"name": "ring", "ring": 2}, DIGITS),
     "dit-ring4": ("digits", {"name": "ring", "ring": 4}, DIGITS),
     "dit-usp2x2": ("digits", {"name": "usp", "ulysses": 2, "ring": 2}, DIGITS),
+    "dit-usp2x1": ("digits", {"name": "usp", "ulysses": 2, "ring": 1}, DIGITS),
+    "dit-usp1x2": ("digits", {"name": "usp", "ulysses": 1, "ring": 2}, DIGITS),
     "dit-cfg2": ("digits", {"name": "cfg"}, DIGITS),
     "dit-cfg2xulysses2": ("digits", {"name": "ulysses", "ulysses": 2, "cfg": 2}, DIGITS),
     "dit-ulysses2+fora": ("digits-fora", {"name": "ulysses", "ulysses": 2}, {**DIGITS, "steps": 6}),
@@ -49,9 +51,13 @@ APPROXIMATE = {
     "dit-pipefusion2xcfg2": ("digits", {"name": "pipefusion", "pipefusion": 2, "patches": 2, "cfg": 2}, DIGITS_RUN),
     "dit-asyncdiff2xcfg2": ("digits", {"name": "asyncdiff", "components": 2, "cfg": 2}, DIGITS_RUN),
 }
-QUICK = ("dit-ulysses2", "dit-ring2", "dit-cfg2", "dit-pipefusion2", "dit-asyncdiff2", "pixart-pipefusion2",
-         "pixart-asyncdiff2")  # fmt: skip
-"""The CI scenarios: 2 ranks, digits-dit and PixArt; every other one is marked slow."""
+QUICK = ("dit-ulysses2", "dit-ring2", "dit-cfg2", "dit-usp2x1", "dit-usp1x2", "dit-distrifusion2", "dit-pipefusion2",
+         "dit-asyncdiff2", "pixart-pipefusion2", "pixart-asyncdiff2")  # fmt: skip
+"""The CI scenarios: 2 ranks, digits-dit and PixArt; every other one is marked slow. USP's 2×2 grid needs 4 ranks
+(slow); at 2 ranks USP runs each of its axes alone (its all-to-all around a ring of one, its ring inside a
+Ulysses group of one)."""
+ELSEWHERE = {"data": "test_engine_ranks.py (replicas are the executor's, not a hook's)"}
+"""Runners whose battery runs outside the scenarios: data parallelism installs nothing on the model."""
 
 
 def run_scenarios(root, world: int, names, diffusers: bool = False) -> dict:
@@ -138,3 +144,19 @@ def test_our_ulysses_gives_diffusers_ulysses_images_on_flux(full):
     """diffusers' context parallelism runs Ulysses on CPU only with a mocked accelerator count (see
     scenarios.diffusers_ulysses); its Ring cannot run here at all (the native backend returns no LSE)."""
     assert full["diffusers"]["max_abs_err_vs_ours"] <= 1e-5
+
+
+def test_every_registered_runner_runs_the_battery_in_ci():
+    """A new runner gets the battery by adding a 2-rank row to QUICK (or says where it runs instead)."""
+    from ditserve.registry import PARALLEL
+
+    covered = {(EXACT | APPROXIMATE)[name][1]["name"] for name in QUICK} | set(ELSEWHERE) | {"none"}
+    assert set(PARALLEL.names()) <= covered, f"no CI scenario for {sorted(set(PARALLEL.names()) - covered)}"
+
+
+@pytest.mark.parametrize("name", params(EXACT | APPROXIMATE))
+def test_a_second_request_after_reset_gives_the_same_images(request, name):
+    """The runner's per-request state (stale activations, warm-up counters) is reset between requests."""
+    outcome = outcome_of(request, name)
+    assert not outcome["errors"], outcome["errors"][0]
+    assert outcome["repeat_diff"] == 0.0, outcome

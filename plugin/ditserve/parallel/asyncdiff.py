@@ -33,7 +33,7 @@ from pydantic import Field
 
 from ditserve.parallel.distributed import DistributedConfig, DistributedRunner
 from ditserve.parallel.groups import Degrees
-from ditserve.parallel.stages import check_no_cache, check_stages, pipeline, take_over
+from ditserve.parallel.stages import check_no_cache, check_stages, give_back, pipeline, take_over
 from ditserve.registry import PARALLEL
 
 
@@ -82,17 +82,13 @@ class AsyncDiff(DistributedRunner):
 
     Config = AsyncDiffConfig
 
-    def check(self, model) -> None:
-        super().check(model)
+    def check(self, model, plan) -> None:
+        super().check(model, plan)
+        check_no_cache(self.name, plan)
         check_stages(self.name, model, self.config.components, "components")
 
-    def start(self, config) -> None:
-        check_no_cache(self.name, config)
-        super().start(config)
-
-    def install(self, engine, groups, comm):
-        installed = super().install(engine, groups, comm)
-        components = AsyncComponents(groups.pipefusion, comm, self.config.warmup_steps)
-        installed.undo.append(take_over(engine.model, groups.pipefusion, components.step))
-        installed.resets.append(components.reset)
-        return installed
+    def install(self, model, placement) -> None:
+        group = placement.groups.pipefusion
+        components = AsyncComponents(group, placement.comm, self.config.warmup_steps)
+        take_over(model, group, components.step)
+        self.installed(lambda: give_back(model), components.reset)

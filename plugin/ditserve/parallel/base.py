@@ -1,9 +1,9 @@
-"""What a parallel runner is: a config, the world size it needs, and how it runs the model.
+"""What a parallel runner is: a config, the world size it needs, what it checks at load and what it changes.
 
-A runner of world size 1 runs in the serving process (`apply` prepares the model). A runner over
-several processes is started by the engine at load (`check`, then `start`), runs every request
-(`generate_batch`), reports whether its ranks are all still there (`alive`) and stops them (`close`);
-`distributed.DistributedRunner` implements that part.
+A runner is applied in every rank, like a cache or a quantizer: `apply(model, placement)` installs its
+hooks on that rank's model, `reset` clears its per-request state, `remove` takes the hooks off again.
+Starting, feeding and watching the ranks is the executor's job (`parallel/executor.py`), not the
+runner's: a runner never calls back into the engine or the serving process.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ditserve.registry import Strategy, StrategyConfig
 
 if TYPE_CHECKING:
+    from ditserve.config import AccelPlan
     from ditserve.models.base import LoadedModel
 
 
@@ -30,24 +31,18 @@ class ParallelRunner(Strategy):
         """Processes this runner needs; 1 means it runs in the serving process."""
         return 1
 
-    def apply(self, model: LoadedModel) -> None:
-        """Prepare the loaded model for this runner (shard it, wrap its attention)."""
+    def check(self, model: LoadedModel, plan: AccelPlan) -> None:
+        """Refuse, at load and with the numbers, a plan the model cannot take (raises `PlanError`). Runs in the
+        serving process on a model without weights (`executor.weightless`), so it reads shapes only."""
 
-    def check(self, model: LoadedModel) -> None:
-        """Refuse, with the reason, a plan the model cannot take (raises `PlanError`)."""
+    def check_size(self, model: LoadedModel, height: int, width: int) -> None:
+        """Refuse a request size this runner cannot cut (raises `RequestError`), before any rank sees it."""
 
-    def start(self, config) -> None:
-        """Start the ranks for the engine's `ModelConfig` (multi-process runners)."""
-        raise NotImplementedError(f"runner {self.name!r} runs in the serving process")
+    def apply(self, model: LoadedModel, placement) -> None:
+        """Install this runner's share of the work on one rank's model (`placement`: its process groups)."""
 
-    def generate_batch(self, engine, requests, on_progress, cancel, deadline):
-        """Run `requests` on the ranks, as `Engine.generate_batch` does in one process."""
-        raise NotImplementedError(f"runner {self.name!r} runs in the serving process")
+    def reset(self) -> None:
+        """Forget the previous request's state (called before every request)."""
 
-    @property
-    def alive(self) -> bool:
-        """False once a rank has died or hung: the service must be restarted."""
-        return True
-
-    def close(self) -> None:
-        """Stop the ranks, if any."""
+    def remove(self) -> None:
+        """Take every hook `apply` installed off the model again."""

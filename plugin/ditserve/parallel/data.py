@@ -1,9 +1,9 @@
 """Data parallelism: the requests batched together are spread over replicas, each a full copy of the model.
 
 Every image keeps its own seed and noise generator, so a request gets the images it would get in one
-process; replicas only change which process computes it. Rank 0 takes the batch and broadcasts it;
-replica r runs requests r, r + dp, r + 2·dp, ...; results are gathered back in request order. A
-request is never split, so one request alone keeps one replica busy.
+process; replicas only change which process computes it. The executor gives replica r the requests
+r, r + dp, r + 2·dp, ... of a batch (`ranks.replica_share`) and gathers the results back in request order.
+A request is never split, so one request alone keeps one replica busy. Nothing is installed on the model.
 """
 
 from __future__ import annotations

@@ -1,21 +1,25 @@
 """The base of every multi-process runner: its degrees, what it checks at load, what it installs in each rank.
 
-A runner's config gives the degrees of its layout (see `groups.py`); the engine that loads it starts the
-ranks (`launcher.RankPool`), each of which loads the model and calls `install` with its process groups.
-`install` shards the sequence (when sp > 1, with the runner's `attention`) and splits the guidance
-batch (when cfg > 1); what it returns is reset before every request and removed to undo it.
+Every runner config carries the five degrees of xDiT's layout (see `groups.py`): world = ulysses × ring ×
+pipefusion × cfg × dp. A technique names the axes it drives (`AXES`); cfg and dp compose with every
+technique, and a degree on another axis is refused at load with the numbers and the runner that has it.
+
+In each rank the executor builds an `Engine` whose runner `apply`s its share of the work: the runner's
+sequence-parallel attention over the sp group (when sp > 1), its own hooks (the staged runners), and the
+CFG split over the cfg group (when cfg > 1). Data parallelism needs no hook: the executor gives each
+replica its requests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ditserve.errors import PlanError, RequestError
 from ditserve.parallel.base import ParallelConfig, ParallelRunner
-from ditserve.parallel.groups import Degrees, check_degrees
+from ditserve.parallel.groups import AXES, Degrees, check_degrees
 
 if TYPE_CHECKING:
     from ditserve.models.base import LoadedModel
@@ -23,15 +27,27 @@ if TYPE_CHECKING:
     from ditserve.parallel.groups import ProcessGroups
     from ditserve.parallel.sequence import CoreAttention
 
+COMPOSING_AXES = ("cfg", "dp")
+"""Axes every technique composes with: guidance branches and replicas never touch the model's sequence."""
+
 
 class DistributedConfig(ParallelConfig):
-    """Fields every multi-process runner shares."""
+    """Fields every multi-process runner shares: the five degrees and how the ranks run."""
 
+    AXES: ClassVar[tuple[str, ...]] = ()
+    """The axes this runner's technique drives, besides cfg and dp."""
+
+    ulysses: int = Field(1, ge=1, le=64)
+    """Ulysses sequence parallelism: ranks the sequence is sharded over, all-to-all to head shards."""
+    ring: int = Field(1, ge=1, le=64)
+    """Ring sequence parallelism: ranks whose key/value shards pass round a ring."""
+    pipefusion: int = Field(1, ge=1, le=64)
+    """Pipeline stages: ranks the transformer's blocks are cut over."""
     cfg: int = Field(1, ge=1, le=2)
-    """2 puts the conditional and unconditional guidance branches on different ranks (needs guidance > 1
-    to save work; without guidance both ranks compute the same batch)."""
+    """2 puts the conditional and unconditional guidance branches on different ranks (saves work only with
+    guidance > 1 or batches of an even number of images)."""
     dp: int = Field(1, ge=1, le=64)
-    """Data parallelism: compatible requests batched together are spread over this many rank groups."""
+    """Data parallelism: compatible requests batched together are spread over this many replicas."""
     timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     """Longest a collective, or a step with no progress, may wait before the request fails and the runner
     is declared dead (rank lost or hung)."""
@@ -42,25 +58,38 @@ class DistributedConfig(ParallelConfig):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """`auto`: NCCL when the model runs on CUDA, gloo on CPU."""
 
+    @model_validator(mode="after")
+    def _axes_compose(self):
+        allowed = set(self.AXES) | set(COMPOSING_AXES)
+        for axis in AXES:
+            if getattr(self, axis) > 1 and axis not in allowed:
+                sizes = " × ".join(f"{a} {getattr(self, a)}" for a in AXES if getattr(self, a) > 1)
+                raise ValueError(
+                    f"runner {self.name!r} does not compose with {axis} {getattr(self, axis)} (world {sizes} = "
+                    f"{self.degrees().world_size}): it composes with cfg and dp only, besides "
+                    f"{' and '.join(self.AXES) or 'its own degree'}; {SUGGESTION.get(axis, 'remove it')}"
+                )
+        if self.degrees().world_size < 2:
+            raise ValueError(f"runner {self.name!r} needs at least 2 ranks; its degrees multiply to 1")
+        return self
+
     def degrees(self) -> Degrees:
-        return Degrees(ulysses=getattr(self, "ulysses", 1), ring=getattr(self, "ring", 1), cfg=self.cfg, dp=self.dp)
+        return Degrees(**{axis: getattr(self, axis) for axis in AXES})
+
+
+SUGGESTION = {
+    "ulysses": "for Ulysses with Ring use `usp`",
+    "ring": "for Ring with Ulysses use `usp`",
+    "pipefusion": "pipeline stages run under `pipefusion` or `asyncdiff` without sequence parallelism",
+}
 
 
 @dataclass
-class Installed:
-    """What `install` changed in one rank; `reset` before each request, `remove` to undo."""
+class Placement:
+    """Where one rank sits: its process groups along every axis and the collectives it sends through."""
 
-    undo: list = field(default_factory=list)
-    resets: list = field(default_factory=list)
-
-    def reset(self) -> None:
-        for reset in self.resets:
-            reset()
-
-    def remove(self) -> None:
-        for undo in reversed(self.undo):
-            undo()
-        self.undo.clear()
+    groups: ProcessGroups
+    comm: Comm
 
 
 def sequence_lengths(model: LoadedModel, height: int, width: int) -> tuple[int, int]:
@@ -76,10 +105,13 @@ def sequence_lengths(model: LoadedModel, height: int, width: int) -> tuple[int, 
 
 
 class DistributedRunner(ParallelRunner):
-    """A runner over torch.distributed ranks; subclasses choose the sequence-parallel attention."""
+    """A runner over torch.distributed ranks; subclasses choose the sequence-parallel attention or hooks."""
 
     Config = DistributedConfig
-    pool = None
+
+    def __init__(self, config: DistributedConfig) -> None:
+        super().__init__(config)
+        self._applied: list = []  # (undo, reset) of what `apply` installed, by technique
 
     @property
     def degrees(self) -> Degrees:
@@ -89,7 +121,7 @@ class DistributedRunner(ParallelRunner):
     def world_size(self) -> int:
         return self.degrees.world_size
 
-    def check(self, model: LoadedModel) -> None:
+    def check(self, model: LoadedModel, plan) -> None:
         """Refuse, at load, degrees the model cannot take (heads, sequence length, family)."""
         degrees = self.degrees
         if degrees.sp == 1:
@@ -100,7 +132,7 @@ class DistributedRunner(ParallelRunner):
         if family not in FAMILY_PLANS and not getattr(type(model.transformer), "_cp_plan", None):
             raise PlanError(
                 f"runner {self.name!r} cannot shard the sequence of family {family!r} (no context-parallel plan); "
-                "use `cfg` or `dp` parallelism for it"
+                "use `cfg` or `data` parallelism for it"
             )
         tokens, text = sequence_lengths(model, *model.adapter.default_size(model))
         check_degrees(degrees, heads=[attn.heads for attn in self_attentions(model)], tokens=tokens, text_tokens=text)
@@ -116,46 +148,37 @@ class DistributedRunner(ParallelRunner):
                 "height", f"{height}x{width} makes {tokens} tokens, which {sp} sequence shards cannot split evenly"
             )
 
-    def attention(self, groups: ProcessGroups, comm: Comm) -> CoreAttention | None:
+    def attention(self, groups: ProcessGroups, comm: Comm, model: LoadedModel) -> CoreAttention | None:
         """The distributed self-attention over the sp group (None: this runner shards no sequence)."""
         return None
 
-    def install(self, engine, groups: ProcessGroups, comm: Comm) -> Installed:
-        """Make this rank's engine compute its share of every denoising call."""
-        from ditserve.parallel.cfg import split_guidance
+    def install(self, model: LoadedModel, placement: Placement) -> None:
+        """The runner's own hooks beyond sequence sharding and the CFG split (the staged runners')."""
+
+    def installed(self, undo, reset=None) -> None:
+        """Record one technique's undo (and per-request reset) for `remove` and `reset`."""
+        self._applied.append((undo, reset))
+
+    def apply(self, model: LoadedModel, placement: Placement) -> None:
+        from ditserve.parallel.guidance import apply_cfg_split, remove_cfg_split
         from ditserve.parallel.sequence import shard_sequence
 
-        installed = Installed()
-        attention = self.attention(groups, comm)
+        groups, comm = placement.groups, placement.comm
+        attention = self.attention(groups, comm, model)
         if attention is not None:
-            sharding = shard_sequence(engine.model, groups.sp, comm, attention)
-            installed.undo.append(sharding.remove)
-            if hasattr(attention, "reset"):
-                installed.resets.append(attention.reset)
+            sharding = shard_sequence(model, groups.sp, comm, attention)
+            self.installed(sharding.remove, getattr(attention, "reset", None))
+        self.install(model, placement)
         if groups.cfg.size > 1:
-            installed.undo.append(split_guidance(engine, groups.cfg, comm))
-        return installed
+            apply_cfg_split(model.transformer, groups.cfg, comm)
+            self.installed(lambda: remove_cfg_split(model.transformer))
 
-    # -- serving: the engine drives the ranks through these ------------------------------------
+    def reset(self) -> None:
+        for _, reset in self._applied:
+            if reset is not None:
+                reset()
 
-    def start(self, config) -> None:
-        """Spawn the ranks for the engine's `config` and wait until every one has loaded the model."""
-        from ditserve.parallel.launcher import RankPool
-
-        self.pool = RankPool(self, config)
-
-    def generate_batch(self, engine, requests, on_progress, cancel, deadline):
-        jobs = [engine.validate(request) for request in requests]
-        if len({job.batch_key for job in jobs}) != 1:
-            raise ValueError("generate_batch needs requests with the same steps, size, guidance and sampler")
-        for job in jobs:
-            self.check_size(engine.model, job.height, job.width)
-        return self.pool.generate_batch(requests, [job.guidance for job in jobs], on_progress, cancel, deadline)
-
-    @property
-    def alive(self) -> bool:
-        return self.pool is not None and self.pool.alive
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+    def remove(self) -> None:
+        for undo, _ in self._applied:
+            undo()
+        self._applied.clear()

@@ -82,11 +82,7 @@ class DistriFusion(DistributedRunner):
 
     Config = DistriFusionConfig
 
-    def attention(self, groups, comm):
-        return StaleKVAttention(groups.sp, comm, self.layers, self.config.warmup_steps)
-
-    def install(self, engine, groups, comm):
+    def attention(self, groups, comm, model):
         from ditserve.parallel.sequence import self_attentions
 
-        self.layers = len(self_attentions(engine.model))
-        return super().install(engine, groups, comm)
+        return StaleKVAttention(groups.sp, comm, len(self_attentions(model)), self.config.warmup_steps)

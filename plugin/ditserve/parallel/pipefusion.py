@@ -28,14 +28,13 @@ next (B·S·D elements, in M pieces); the last stage broadcasts the B·S·D outp
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from ditserve.parallel.distributed import DistributedConfig, DistributedRunner, sequence_lengths
-from ditserve.parallel.groups import Degrees
-from ditserve.parallel.stages import check_no_cache, check_patches, check_stages, pipeline, take_over
+from ditserve.parallel.stages import check_no_cache, check_patches, check_stages, give_back, pipeline, take_over
 from ditserve.parallel.ulysses import local_attention
 from ditserve.registry import PARALLEL
 
@@ -82,6 +81,7 @@ class PatchPipeline:
 
 class PipeFusionConfig(DistributedConfig):
     name: Literal["pipefusion"] = "pipefusion"
+    AXES: ClassVar[tuple[str, ...]] = ("pipefusion",)
     pipefusion: int = Field(2, ge=2, le=64)
     """Pipeline stages, one rank each; must divide the transformer blocks."""
     patches: int | None = Field(None, ge=1, le=1024)
@@ -91,9 +91,6 @@ class PipeFusionConfig(DistributedConfig):
     warmup_steps: int = Field(1, ge=1, le=1000)
     """Transformer calls at the start of a request that run the whole image through the stages at once
     (exact; fills the key/value buffers the later, pipelined steps read stale)."""
-
-    def degrees(self) -> Degrees:
-        return Degrees(pipefusion=self.pipefusion, cfg=self.cfg, dp=self.dp)
 
 
 @PARALLEL.register("pipefusion")
@@ -106,8 +103,9 @@ class PipeFusion(DistributedRunner):
     def patches(self) -> int:
         return self.config.patches or self.config.pipefusion
 
-    def check(self, model) -> None:
-        super().check(model)
+    def check(self, model, plan) -> None:
+        super().check(model, plan)
+        check_no_cache(self.name, plan)
         check_stages(self.name, model, self.config.pipefusion, "pipeline stages")
         height, width = model.adapter.default_size(model)
         check_patches(sequence_lengths(model, height, width)[0], self.patches, height, width, at_load=True)
@@ -116,17 +114,12 @@ class PipeFusion(DistributedRunner):
         super().check_size(model, height, width)
         check_patches(sequence_lengths(model, height, width)[0], self.patches, height, width, at_load=False)
 
-    def start(self, config) -> None:
-        check_no_cache(self.name, config)
-        super().start(config)
-
-    def install(self, engine, groups, comm):
+    def install(self, model, placement) -> None:
         from ditserve.parallel.sequence import route_attention, self_attentions
 
-        installed = super().install(engine, groups, comm)
-        driver = PatchPipeline(groups.pipefusion, comm, self.patches, self.config.warmup_steps)
-        handles = route_attention(self_attentions(engine.model), driver.attention)
-        installed.undo.append(take_over(engine.model, groups.pipefusion, driver.step))
-        installed.undo.append(lambda: [handle.remove() for handle in handles])
-        installed.resets.append(driver.reset)
-        return installed
+        group = placement.groups.pipefusion
+        driver = PatchPipeline(group, placement.comm, self.patches, self.config.warmup_steps)
+        handles = route_attention(self_attentions(model), driver.attention)
+        take_over(model, group, driver.step)
+        self.installed(lambda: give_back(model), driver.reset)
+        self.installed(lambda: [handle.remove() for handle in handles])

@@ -10,7 +10,7 @@ its k and v, 2·(N-1)·B·S·H·D/N elements. No head constraint.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -45,6 +45,7 @@ def ring_attention(q, k, v, group, comm) -> torch.Tensor:
 
 class RingConfig(DistributedConfig):
     name: Literal["ring"] = "ring"
+    AXES: ClassVar[tuple[str, ...]] = ("ring",)
     ring: int = Field(2, ge=2, le=64)
     """Ranks in the ring; must divide the tokens."""
 
@@ -55,5 +56,5 @@ class Ring(DistributedRunner):
 
     Config = RingConfig
 
-    def attention(self, groups, comm):
+    def attention(self, groups, comm, model):
         return lambda q, k, v: ring_attention(q, k, v, groups.sp, comm)

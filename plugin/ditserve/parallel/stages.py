@@ -3,10 +3,11 @@
 PipeFusion and AsyncDiff both give rank p of a group of P ranks blocks [p·L/P, (p+1)·L/P). Every rank
 still runs the model's own forward: what comes before the blocks (patch embedding with positions,
 timestep, class and caption embeddings) and after them (final norm, projection, unpatchify) is cheap
-and stays exactly diffusers'. The block loop is taken over: the first block's `forward` runs the
-runner's `step(hidden_states, run)`, where `run(x)` applies this rank's blocks to `x` with the call's
-other arguments, and returns the output of the whole stack (the same on every rank); the other
-blocks pass their input through.
+and stays exactly diffusers'. The block loop is taken over by diffusers `ModelHook`s named
+`STAGES_HOOK`: block 0's runs the runner's `step(hidden_states, run)`, where `run(x)` applies this rank's
+blocks to `x` with the call's other arguments (each beneath its own hook, so a counter installed at load
+still counts), and returns the output of the whole stack (the same on every rank); the other blocks' hooks
+pass their input through.
 
 Cutting the stack this way needs one single-stream stack whose blocks see the tokens only through
 `hidden_states`: DiT and PixArt, whose positions are added before the blocks. Flux and SD3 carry a
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ditserve.errors import PlanError, RequestError
 from ditserve.models.base import block_argument
@@ -46,12 +48,12 @@ def check_stages(runner: str, model, stages: int, what: str) -> None:
         )
 
 
-def check_no_cache(runner: str, config) -> None:
+def check_no_cache(runner: str, plan) -> None:
     """Refuse, at load, a cache with a staged runner: a cache keeps per-block state from call to call, which
     the staged stack breaks (block 0's forward runs a whole stage; PipeFusion calls each block once per patch)."""
-    if config.plan.cache.name != "none":
+    if plan.cache.name != "none":
         raise PlanError(
-            f"runner {runner!r} does not combine with cache {config.plan.cache.name!r} (its per-block state would "
+            f"runner {runner!r} does not combine with cache {plan.cache.name!r} (its per-block state would "
             "mix patches and stages); set `plan.cache` to none, or use ulysses with the cache"
         )
 
@@ -66,38 +68,52 @@ def check_patches(tokens: int, patches: int, height: int, width: int, *, at_load
     raise RequestError("height", problem)
 
 
-def take_over(model, group, step: Step) -> Callable[[], None]:
-    """Make the block stack run `step` with this rank's stage of `group`; returns the undo."""
-    blocks = model.adapter.block_groups(model.transformer)[0].blocks
-    per = len(blocks) // group.size
-    saved = [block.__dict__.get("forward") for block in blocks]  # the engine's block counter wraps each forward
-    forwards = [block.forward for block in blocks]
-    mine = forwards[group.rank * per : (group.rank + 1) * per]
+STAGES_HOOK = "ditserve.stages"
+"""The name of the hooks `take_over` registers on every block (diffusers' `HookRegistry`)."""
 
-    def stack(*args, **kwargs):
+
+class StageHook(ModelHook):
+    """On block 0: runs the runner's `step` over the whole stack, this rank's stage doing the computing."""
+
+    def __init__(self, step: Step, blocks: list[ModelHook]) -> None:
+        super().__init__()
+        self.step, self.blocks = step, blocks
+
+    def new_forward(self, module, *args, **kwargs):
         def run(x: torch.Tensor) -> torch.Tensor:
-            for forward in mine:
+            for hook in self.blocks:  # this rank's blocks, each called beneath its own stage hook
                 call_args, call_kwargs = _with_hidden(x, args, kwargs)
-                x = forward(*call_args, **call_kwargs)
+                x = hook.fn_ref.original_forward(*call_args, **call_kwargs)
             return x
 
-        return step(block_argument(blocks[0], "hidden_states", args, kwargs), run)
+        return self.step(block_argument(module, "hidden_states", args, kwargs), run)
 
-    def passthrough(block):
-        return lambda *args, **kwargs: block_argument(block, "hidden_states", args, kwargs)
 
-    blocks[0].forward = stack
-    for block in list(blocks)[1:]:
-        block.forward = passthrough(block)
+class PassThroughHook(ModelHook):
+    """On every other block: hands its input on (block 0's hook already ran the stack)."""
 
-    def undo() -> None:
-        for block, forward in zip(blocks, saved, strict=True):
-            if forward is None:
-                del block.forward
-            else:
-                block.forward = forward
+    def new_forward(self, module, *args, **kwargs):
+        return block_argument(module, "hidden_states", args, kwargs)
 
-    return undo
+
+def take_over(model, group, step: Step) -> None:
+    """Make the block stack run `step` with this rank's stage of `group` (undo: `give_back`)."""
+    blocks = model.adapter.block_groups(model.transformer)[0].blocks
+    per = len(blocks) // group.size
+    hooks = [PassThroughHook() for _ in blocks]
+    for block, hook in list(zip(blocks, hooks, strict=True))[1:]:
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, STAGES_HOOK)
+    mine = hooks[group.rank * per : (group.rank + 1) * per]
+    stage = StageHook(step, mine)
+    if group.rank == 0:
+        mine[0] = stage  # block 0's forward beneath the stage hook
+    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(stage, STAGES_HOOK)
+
+
+def give_back(model) -> None:
+    """Remove `take_over`'s hooks: every block computes its own input again."""
+    for block in model.adapter.block_groups(model.transformer)[0].blocks:
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook(STAGES_HOOK, recurse=False)
 
 
 def _with_hidden(x: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

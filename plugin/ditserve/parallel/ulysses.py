@@ -9,7 +9,7 @@ times (N-1)/N.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ def ulysses_attention(q, k, v, group, comm, inner=local_attention) -> torch.Tens
 
 class UlyssesConfig(DistributedConfig):
     name: Literal["ulysses"] = "ulysses"
+    AXES: ClassVar[tuple[str, ...]] = ("ulysses",)
     ulysses: int = Field(2, ge=2, le=64)
     """Ranks the sequence is sharded over; must divide the attention heads and the tokens."""
 
@@ -52,5 +53,5 @@ class Ulysses(DistributedRunner):
 
     Config = UlyssesConfig
 
-    def attention(self, groups, comm):
+    def attention(self, groups, comm, model):
         return lambda q, k, v: ulysses_attention(q, k, v, groups.sp, comm)

@@ -8,7 +8,7 @@ ring group on those heads. Exact. Heads must divide by `ulysses`, tokens by `uly
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ from ditserve.registry import PARALLEL
 
 class USPConfig(DistributedConfig):
     name: Literal["usp"] = "usp"
+    AXES: ClassVar[tuple[str, ...]] = ("ulysses", "ring")
     ulysses: int = Field(2, ge=1, le=64)
     """Ulysses degree (divides the heads)."""
     ring: int = Field(2, ge=1, le=64)
@@ -32,7 +33,7 @@ class USP(DistributedRunner):
 
     Config = USPConfig
 
-    def attention(self, groups, comm):
+    def attention(self, groups, comm, model):
         def attention(q, k, v):
             return ulysses_attention(
                 q, k, v, groups.ulysses, comm, lambda *qkv: ring_attention(*qkv, groups.ring, comm)

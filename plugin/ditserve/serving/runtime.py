@@ -55,8 +55,13 @@ class Task:
 class Runtime:
     """One served model: config, engine, scheduler, metrics, tasks; shared by REST and gRPC."""
 
-    def __init__(self, config: ModelConfig, api_key: str | None = None, warmup_rounds: int = 1) -> None:
+    def __init__(
+        self, config: ModelConfig, api_key: str | None = None, warmup_rounds: int = 1, executor: Callable | None = None
+    ) -> None:
         self.config = config
+        self.open_executor = executor
+        """config → the executor that serves it (default `parallel.executor.open_executor`; torchrun's rank 0
+        gives its own)."""
         self.api_key = api_key or None
         self.warmup_rounds = warmup_rounds
         self.engine = None
@@ -105,10 +110,10 @@ class Runtime:
 
     def _load(self) -> None:
         try:
-            from ditserve.engine import Engine
+            from ditserve.parallel.executor import open_executor
 
             started = time.perf_counter()
-            engine = Engine(self.config)
+            engine = (self.open_executor or open_executor)(self.config)
             self.engine = engine
             self.scheduler = Scheduler(engine, hooks=self.metrics)
             self._warm_up()
