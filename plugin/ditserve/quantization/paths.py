@@ -11,6 +11,7 @@ logs and reports in `describe()`. Timing at load costs a fraction of a second an
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Callable
 
@@ -47,6 +48,17 @@ def fastest(strategy: str, candidates: dict[str, Callable[[], object]]) -> tuple
     shown = ", ".join(f"{name} {ms:.3f} ms" for name, ms in times.items())
     log.info("%s: runs %s (the fastest measured here: %s)", strategy, best, shown)
     return best, times
+
+
+def default_tokens(model, batch: int = 2) -> int:
+    """Image tokens of `batch` images at the model's default size (2: one image with classifier-free guidance),
+    the row count a linear layer or an attention call sees there: latent positions over the patch area."""
+    shape = model.adapter.latent_shape(model, *model.adapter.default_size(model))
+    patch = model.transformer.config.get("patch_size", 1) or 1
+    patch_area = math.prod(patch[-2:]) if isinstance(patch, (tuple, list)) else patch * patch
+    if model.adapter.family == "flux":  # Flux packs 2x2 latents into a token itself (patch_size 1)
+        patch_area = 4
+    return batch * math.prod(shape[1:]) // patch_area
 
 
 def describe(best: str, times: dict[str, float], baseline: str) -> str:

@@ -17,7 +17,6 @@ benchmarks/results/kernels-gpu.md has each option's speed and error on an H200.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal
 
 from ditserve.errors import PlanError
@@ -46,12 +45,11 @@ def _attention_shape(model) -> tuple[int, int, int, int]:
     """(batch, heads, tokens, head_dim) of the model's self-attention at its default size, CFG batch of 2."""
     from diffusers.models.attention_processor import Attention
 
+    from ditserve.quantization.paths import default_tokens
+
     layer = next(m for g in model.adapter.block_groups(model.transformer) for m in g.blocks.modules()
                  if isinstance(m, Attention))  # fmt: skip
-    shape = model.adapter.latent_shape(model, *model.adapter.default_size(model))
-    patch = model.transformer.config.get("patch_size", 1) or 1
-    patch_area = math.prod(patch[-2:]) if isinstance(patch, (tuple, list)) else patch * patch
-    return 2, layer.heads, math.prod(shape[1:]) // patch_area, layer.to_q.out_features // layer.heads
+    return 2, layer.heads, default_tokens(model, batch=1), layer.to_q.out_features // layer.heads
 
 
 @QUANTIZERS.register("sage")
