@@ -156,6 +156,13 @@ class Front:
                 cache = None
             elif self.parallel.world_size != 1:
                 raise RequestError("cache", "a multi-process plan (plan.parallel) runs its own cache only; omit it")
+        cache_name = (cache or self.config.plan.cache).name
+        if sampler.parallel_in_time and cache_name != "none":
+            raise RequestError(
+                "cache" if request.cache is not None else "sampler",
+                f"sampler {sampler.name!r} evaluates several steps in one model call, and cache {cache_name!r} "
+                "decides per call as if it were one step: ask for cache 'none' or a sequential sampler",
+            )
         steps = request.steps if request.steps is not None else sampler.config.steps
         if steps > limits.max_steps:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
@@ -376,10 +383,12 @@ class Engine(Front):
         try:
             try:
                 override.apply(self.model)
-            except PlanError as err:  # e.g. a cache that needs calibration the request did not give
+            except Exception as err:
                 with contextlib.suppress(Exception):  # undo whatever part of it was applied
                     override.remove()
-                raise RequestError("cache", str(err)) from None
+                if isinstance(err, PlanError):  # e.g. a cache that needs calibration the request did not give
+                    raise RequestError("cache", str(err)) from None
+                raise
             try:
                 yield override
             finally:

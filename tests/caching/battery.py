@@ -12,6 +12,7 @@ request; `refuses` lists the families where it refuses, with the words the refus
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import ClassVar
 
@@ -42,9 +43,16 @@ def request(
     guidance: float = 4.0,
     steps: int = STEPS,
     cache: dict | None = None,
+    sampler: dict | None = None,
 ):
     return GenerationRequest(
-        class_label=label, seed=seed, num_images=num_images, guidance_scale=guidance, steps=steps, cache=cache
+        class_label=label,
+        seed=seed,
+        num_images=num_images,
+        guidance_scale=guidance,
+        steps=steps,
+        cache=cache,
+        sampler=sampler,
     )
 
 
@@ -167,3 +175,21 @@ class CacheBattery:
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
         assert result.stats.attention_evaluations == result.stats.attention_evaluations_full
         assert torch.equal(result.images, uncached.generate(request()).images)
+
+
+def every_cache_settings() -> dict[str, dict]:
+    """Every built-in cache's name → its battery's `skipping` settings as a plan section ("none": none).
+    The battery of cache `a-b` is `TestXxx` in test_ab.py; a built-in cache without one fails here."""
+    settings = {}
+    for name in CACHES.names():
+        if not CACHES.get(name).__module__.startswith("ditserve.caching."):
+            continue  # a third-party cache some other test installed
+        if name == "none":
+            settings[name] = {"name": name}
+            continue
+        module = importlib.import_module(f"{__package__}.test_{name.replace('-', '')}")
+        found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, CacheBattery)]
+        battery = next((v for v in found if getattr(v, "name", None) == name), None)
+        assert battery is not None, f"cache {name!r} has no CacheBattery in {module.__name__}"
+        settings[name] = {"name": name, **battery.skipping}
+    return settings

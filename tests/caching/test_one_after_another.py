@@ -8,32 +8,15 @@ it leaves behind shows."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import pytest
 import torch
 
-from ditserve.registry import CACHES
-
-from .battery import CacheBattery, engine_for, request
+from .battery import engine_for, every_cache_settings, request
 
 STEPS = 6
 
 
-def settings_of_every_cache() -> dict[str, dict]:
-    """Cache name → its battery's skipping settings, from every battery in this folder."""
-    for path in sorted(Path(__file__).parent.glob("test_*.py")):
-        importlib.import_module(f"{__package__}.{path.stem}")
-    found = {battery.name: {"name": battery.name, **battery.skipping} for battery in CacheBattery.__subclasses__()}
-    return {"none": {"name": "none"}, **found}
-
-
-SETTINGS = settings_of_every_cache()
-
-
-def test_every_registered_cache_has_a_battery():
-    assert set(SETTINGS) == set(CACHES.names())
+SETTINGS = every_cache_settings()
 
 
 @pytest.fixture(scope="module")

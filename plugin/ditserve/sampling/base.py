@@ -59,6 +59,12 @@ class Sampler(Strategy):
                 "(`ditserve strategies` lists them)"
             )
 
+    @property
+    def parallel_in_time(self) -> bool:
+        """Whether one model call evaluates several steps of the trajectory at once (ParaDiGMS, ParaTAA).
+        A cache decides per model call, taking it for one step, so the engine refuses a cache beside it."""
+        return False
+
     def sample(
         self,
         denoise: Denoise,

@@ -53,6 +53,10 @@ class PicardSampler(ODESampler):
 
     Config = ParaDiGMSConfig
 
+    @property
+    def parallel_in_time(self) -> bool:
+        return self.config.window != 1
+
     def step_terms(self, taus: np.ndarray):
         """Per step j: (σ_{j+1}/σ_j, α_{j+1}(1 − e^{−h_j})), so that F_j(x) = a_j x + b_j x̂₀(x, τ_j)."""
         ns = self.noise_schedule
