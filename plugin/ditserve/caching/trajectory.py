@@ -15,8 +15,6 @@ count; t is the timestep the transformer is called with):
 
 from __future__ import annotations
 
-import torch
-
 REFERENCE_STEP = 0.02
 """The step, in denoising progress, that per-step thresholds are stated for: one step of 50."""
 
@@ -32,35 +30,6 @@ def full_step_due(progress: float, last_full: float, spacing: float) -> bool:
 def step_scale(step: float) -> float:
     """What a per-step threshold stated for `REFERENCE_STEP` is multiplied by for a step of `step` progress."""
     return step / REFERENCE_STEP
-
-
-class Progress:
-    """A request's denoising progress, read from the `timestep` keyword of each transformer call.
-
-    For caches built on diffusers' hooks, which count calls but not progress; `BlockCache` keeps its own."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.first: float | None = None
-        self.value = 0.0
-        """Progress of the current call, 1 − t/t₀."""
-        self.step = 0.0
-        """Progress the current call made over the previous one (0 at the first call)."""
-        self.calls = 0
-
-    def observe(self, module, args, kwargs) -> None:
-        """A transformer forward pre-hook (`register_forward_pre_hook(..., with_kwargs=True)`)."""
-        timestep = kwargs.get("timestep")
-        self.calls += 1
-        if not isinstance(timestep, torch.Tensor) or not timestep.numel():
-            return
-        value = float(timestep.reshape(-1)[0])
-        if self.first is None:
-            self.first = value
-        progress = 1.0 - value / self.first if self.first else 0.0
-        self.step, self.value = progress - self.value, progress
 
 
 def static_full_step(
