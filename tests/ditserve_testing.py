@@ -201,7 +201,7 @@ def tiny_sd3_transformer(num_layers: int):
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
-        sample_size=8,
+        sample_size=16,
         patch_size=2,
         in_channels=4,
         num_layers=num_layers,
@@ -211,7 +211,7 @@ def tiny_sd3_transformer(num_layers: int):
         caption_projection_dim=16,
         pooled_projection_dim=32,
         out_channels=4,
-        pos_embed_max_size=16,
+        pos_embed_max_size=32,
     )
 
 

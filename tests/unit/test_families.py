@@ -12,7 +12,15 @@ import os
 
 import pytest
 import torch
-from ditserve_testing import clip_encoder, clip_tokenizer, image_vae, t5_encoder, t5_tokenizer
+from ditserve_testing import (
+    clip_encoder,
+    clip_tokenizer,
+    image_vae,
+    t5_encoder,
+    t5_tokenizer,
+    tiny_sd3_transformer,
+    tiny_wan_transformer,
+)
 
 from ditserve.errors import PlanError
 from ditserve.request import GenerationRequest
@@ -65,22 +73,10 @@ def build_pixart():
 
 
 def build_sd3():
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     clip, t5 = clip_tokenizer(), t5_tokenizer()
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        caption_projection_dim=16,
-        pooled_projection_dim=32,
-        out_channels=4,
-        pos_embed_max_size=32,
-    )
+    transformer = tiny_sd3_transformer(num_layers=2)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -128,23 +124,10 @@ def build_flux(guidance_embeds: bool):
 def build_wan():
     # The `none` sampler cannot run Wan's shipped UniPCMultistepScheduler (see the report); FlowMatchEuler
     # is what WanPipeline's signature names and runs here.
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     tokenizer = t5_tokenizer()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    transformer = tiny_wan_transformer(num_layers=2)
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
