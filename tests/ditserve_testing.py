@@ -7,8 +7,17 @@ They live here, not in conftest.py, because several test folders have a conftest
 from __future__ import annotations
 
 
-def save_tiny_dit(path, *, with_vae: bool = False, prediction_type: str = "epsilon"):
-    """A random 2-block DiT checkpoint directory in diffusers' layout (optionally a latent one with a VAE)."""
+def save_tiny_dit(
+    path,
+    *,
+    with_vae: bool = False,
+    prediction_type: str = "epsilon",
+    head_dim: int = 8,
+    sample_size: int = 8,
+    edit=None,
+):
+    """A random 2-block DiT checkpoint directory in diffusers' layout (optionally a latent one with a VAE);
+    `edit(transformer)` may change the weights before they are saved."""
     import json
 
     import torch
@@ -16,16 +25,20 @@ def save_tiny_dit(path, *, with_vae: bool = False, prediction_type: str = "epsil
 
     torch.manual_seed(0)
     in_channels = 4 if with_vae else 1
-    DiTTransformer2DModel(
+    transformer = DiTTransformer2DModel(
         num_attention_heads=2,
-        attention_head_dim=8,
+        attention_head_dim=head_dim,
         in_channels=in_channels,
         out_channels=2 * in_channels if with_vae else in_channels,  # real DiT checkpoints learn sigma too
         num_layers=2,
-        sample_size=8,
+        sample_size=sample_size,
         patch_size=2,
         num_embeds_ada_norm=10,
-    ).save_pretrained(path / "transformer")
+    )
+    if edit is not None:
+        with torch.no_grad():
+            edit(transformer)
+    transformer.save_pretrained(path / "transformer")
     DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
     ).save_pretrained(path / "scheduler")
@@ -45,6 +58,19 @@ def save_tiny_dit(path, *, with_vae: bool = False, prediction_type: str = "epsil
     else:
         names = {str(i): f"label{i}, {i}" for i in range(10)}
         (path / "labels.json").write_text(json.dumps({"id2label": names}))
+    return path
+
+
+FLOW_SHIFT = 3.0
+
+
+def save_tiny_flow_dit(path):
+    """The tiny DiT with a `FlowMatchEulerDiscreteScheduler` config: a flow-matching model (the DiT adapter
+    feeds it the scheduler's timestep, 1000·σ, like any flow transformer)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    save_tiny_dit(path)
+    FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(path / "scheduler")
     return path
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditserve.caching.calibration import EXAMPLE_PROMPTS_FILE, calibration_requests
+from ditserve.calibrate import EXAMPLE_PROMPTS_FILE, calibration_requests
 from ditserve.models import BUILTIN_MODELS
 from ditserve.models.digits.prompts import all_prompts, example_prompts, prompt_for
 from ditserve.quality import load_classifier

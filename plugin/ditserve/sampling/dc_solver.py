@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 class DCSolverConfig(ODESamplerConfig):
     name: Literal["dc-solver"] = "dc-solver"
     steps: int = Field(10, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     order: int = Field(2, ge=1, le=3)
     """Order of the UniPC predictor (the corrector adds one)."""
     variant: Literal["bh1", "bh2"] = "bh2"

@@ -24,6 +24,7 @@ from ditserve.sampling.diffusers_scheduler import DiffusersSampler
 class DPMSolverConfig(SamplerConfig):
     name: Literal["dpm-solver"] = "dpm-solver"
     steps: int = Field(20, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     order: int = Field(2, ge=1, le=3)
     """Order of the solver: 1 is DDIM, 2 and 3 the paper's DPM-Solver-2 and -3."""
     multistep: bool = True

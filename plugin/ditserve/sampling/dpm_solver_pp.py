@@ -25,6 +25,7 @@ VARIANTS = {"2M": ("dpmsolver++", 2), "3M": ("dpmsolver++", 3), "SDE": ("sde-dpm
 class DPMSolverPPConfig(SamplerConfig):
     name: Literal["dpm-solver++"] = "dpm-solver++"
     steps: int = Field(20, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     variant: Literal["2M", "3M", "SDE"] = "2M"
     """2M / 3M: second / third-order multistep ODE solver; SDE: the second-order stochastic one."""
     lower_order_final: bool = True

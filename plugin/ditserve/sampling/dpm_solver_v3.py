@@ -63,6 +63,7 @@ L_BOUNDS = (-1.0, 3.0)
 class DPMSolverV3Config(ODESamplerConfig):
     name: Literal["dpm-solver-v3"] = "dpm-solver-v3"
     steps: int = Field(10, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     order: int = Field(1, ge=1, le=3)
     """Order of the multistep predictor (the corrector adds one). 1 by default: with the EMS, g is nearly
     constant in λ, and extrapolating it from the previous point over the few long steps of a 5–10-step run

@@ -19,6 +19,7 @@ from ditserve.sampling.diffusers_scheduler import DiffusersSampler
 class EulerConfig(SamplerConfig):
     name: Literal["euler"] = "euler"
     steps: int = Field(30, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     karras_sigmas: bool = False
     """Place the steps on Karras et al.'s σ schedule (ρ = 7) instead of evenly over the timesteps."""
 

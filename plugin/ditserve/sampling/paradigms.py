@@ -42,6 +42,7 @@ saved no rounds below 15 steps."""
 class ParaDiGMSConfig(ODESamplerConfig):
     name: Literal["paradigms"] = "paradigms"
     steps: int = Field(50, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     window: int = Field(16, ge=1, le=1000)
     """Steps evaluated together in one batched model call (1: the plain sequential sampler)."""
     tolerance: float = Field(TOLERANCE, gt=0.0, le=1.0)

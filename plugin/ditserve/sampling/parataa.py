@@ -32,6 +32,7 @@ on digits-flow; 50 steps: 5.6× at 46 dB, 5.0× at 52 dB); 0.3 fell to 34 dB at 
 class ParaTAAConfig(ODESamplerConfig):
     name: Literal["parataa"] = "parataa"
     steps: int = Field(50, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     window: int | None = Field(None, ge=1, le=1000)
     """Steps evaluated together in one batched call; None: every remaining step (the paper's setting)."""
     history: int = Field(3, ge=1, le=16)

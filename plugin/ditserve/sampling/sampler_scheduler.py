@@ -43,6 +43,7 @@ class Stage(BaseModel):
 class SamplerSchedulerConfig(ODESamplerConfig):
     name: Literal["sampler-scheduler"] = "sampler-scheduler"
     steps: int = Field(10, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     stages: list[Stage] = Field(min_length=1, max_length=16)
     """The stages in order, e.g. [{sampler: {name: paradigms, window: 1}, until: 0.3},
     {sampler: {name: dc-solver, ratios: ...}}]; the last stage runs to the end."""

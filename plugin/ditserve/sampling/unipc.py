@@ -22,6 +22,7 @@ from ditserve.sampling.diffusers_scheduler import DiffusersSampler
 class UniPCConfig(SamplerConfig):
     name: Literal["unipc"] = "unipc"
     steps: int = Field(20, ge=1, le=1000)
+    """Default number of denoising steps (a request may ask for another number within the limits)."""
     order: int = Field(2, ge=1, le=3)
     """Order of the predictor (the corrector adds one)."""
     lower_order_final: bool = True

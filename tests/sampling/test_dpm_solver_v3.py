@@ -1,33 +1,40 @@
-"""The own solvers (DPM-Solver-v3, DC-Solver, Sampler Scheduler, ParaDiGMS, ParaTAA) on the analytic
-Gaussian case — exact solution, convergence order from the error slope — and on the real digits model."""
+"""DPM-Solver-v3: the battery; on the analytic Gaussian case (exact solution, convergence order from the error
+slope); on the digits model; its calibration command end to end on a tiny checkpoint."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, RotatedGaussianData, error, run
+import yaml
+from ditserve_testing import save_tiny_dit
+from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, RotatedGaussianData, error
 from safetensors.torch import save_file
 
+from ditserve.cli import main
+from ditserve.config import load_config
+from ditserve.engine import Engine
 from ditserve.errors import PlanError
-from ditserve.registry import SAMPLERS
-from ditserve.sampling.dc_solver import DCSolver, DCSolverConfig, search_ratios
+from ditserve.request import GenerationRequest
 from ditserve.sampling.dpm_solver_v3 import DPMSolverV3, DPMSolverV3Config, Statistics, estimate_statistics
-from ditserve.sampling.ode import Progress
-from ditserve.sampling.paradigms import ParaDiGMS, ParaDiGMSConfig
-from ditserve.sampling.parataa import ParaTAA, ParaTAAConfig
-from ditserve.sampling.sampler_scheduler import SamplerScheduler, SamplerSchedulerConfig
+
+from .battery import SamplerBattery
+from .own import MakesDigits
 
 CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
-OWN = ["dpm-solver-v3", "dc-solver", "sampler-scheduler", "paradigms", "parataa"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+class TestDPMSolverV3(SamplerBattery, MakesDigits):
+    name = "dpm-solver-v3"
+    predicts = {"epsilon", "v_prediction", "flow"}
+
+    @pytest.fixture(scope="class")
+    def settings(self, tiny_statistics) -> dict:
+        return {"name": self.name, "statistics": tiny_statistics}
+
+    def digits_plan(self, statistics: str) -> dict:
+        return {"name": self.name, "statistics": statistics}
 
 
 def slope(steps: list[int], errors: list[float]) -> float:
@@ -38,9 +45,6 @@ def slope(steps: list[int], errors: list[float]) -> float:
 def save_statistics(path, stats: dict) -> str:
     save_file({k: v.float().contiguous() for k, v in stats.items()}, str(path))
     return str(path)
-
-
-# -- DPM-Solver-v3 -------------------------------------------------------------------------------------
 
 
 @CONFIGS
@@ -148,107 +152,19 @@ def test_v3_refuses_to_load_without_statistics(tmp_path):
         DPMSolverV3(DPMSolverV3Config(statistics=str(tmp_path / "missing.safetensors")), VP_CONFIG)
 
 
-# -- DC-Solver -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("order", "stated"), [(1, 2), (2, 3)])
-@CONFIGS
-def test_dc_solver_converges_at_its_stated_order(scheduler_config, order, stated):
-    """With every ratio 1 it is UniPC: predictor order p plus the corrector's one."""
-    data = GaussianData(scheduler_config)
-    config = DCSolverConfig(order=order, ratios={20: [1.0] * 20}, spacing="logsnr", lower_order_final=False)
-    solver = DCSolver(config, scheduler_config)
-    steps = [20, 40, 80, 160]
-    errors = [error(solver, data, data.noise(2), n) for n in steps]
-    assert slope(steps, errors) > stated - 0.3, errors
-
-
-@CONFIGS
-def test_dc_solver_searched_ratios_bring_few_steps_closer_to_the_true_solution(scheduler_config):
-    data = GaussianData(scheduler_config)
-    unit = DCSolver(DCSolverConfig(ratios={5: [1.0] * 5}), scheduler_config)
-    ns = data.schedule
-    data_fn = lambda x, tau: ns.data(data.denoise(x, torch.tensor(tau)), x, tau)  # noqa: E731
-    ratios = search_ratios(unit, data_fn, data.noise(8, seed=7), unit.taus(5, None))
-    searched = DCSolver(DCSolverConfig(ratios={5: ratios}), scheduler_config)
-    noise = data.noise(8, seed=11)  # other samples than the search saw
-    assert ratios != [1.0] * 5
-    assert error(searched, data, noise, 5) < 0.8 * error(unit, data, noise, 5)
-
-
-def test_dc_solver_resamples_the_nearest_calibrated_ratios():
-    solver = DCSolver(DCSolverConfig(ratios={5: [1.0, 1.0, 1.2, 0.8, 1.0], 20: [1.0] * 20}), VP_CONFIG)
-    assert solver.ratios_for(5) == [1.0, 1.0, 1.2, 0.8, 1.0]
-    assert solver.ratios_for(16) == [1.0] * 16
-    assert len(solver.ratios_for(7)) == 7
-    with pytest.raises(PlanError, match="ditserve calibrate --sampler dc-solver"):
-        DCSolver(DCSolverConfig(), VP_CONFIG)
-
-
-# -- ParaDiGMS and ParaTAA -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("tolerance", [None, 1e-3], ids=["default-tolerance", "tight"])
-@pytest.mark.parametrize("parallel", [ParaDiGMSConfig(window=16), ParaDiGMSConfig(window=50), ParaTAAConfig()], ids=str)
-@CONFIGS
-def test_parallel_samplers_reach_the_sequential_result_in_fewer_rounds(scheduler_config, parallel, tolerance):
-    """At the default tolerance (relative to σ) within 40 dB (over a range of 2) of the sequential sampler; at
-    a tight one, within that tolerance everywhere; in at most half the sequential rounds either way."""
-    data = GaussianData(scheduler_config)
-    noise = data.noise(4)
-    sequential = run(ParaDiGMS(ParaDiGMSConfig(window=1), scheduler_config), data, noise, 50)
-    calls: list[int] = []
-    cls = ParaTAA if isinstance(parallel, ParaTAAConfig) else ParaDiGMS
-    config = parallel if tolerance is None else parallel.model_copy(update={"tolerance": tolerance})
-    out = run(cls(config, scheduler_config), data, noise, 50, calls)
-    if tolerance is None:
-        assert float((out - sequential).pow(2).mean().sqrt()) < 2 * 10 ** (-40 / 20)
-    else:
-        assert float((out - sequential).abs().max()) < tolerance
-    assert len(calls) * 2 <= 50, f"{len(calls)} sequential rounds for 50 steps"
-    assert sum(calls) >= 50 * noise.shape[0]  # the work is still done, in batched calls
-
-
-def test_sequential_paradigms_is_ddim(tmp_path):
-    """window 1 is the DDIM ODE step: on Gaussian data it converges at first order."""
-    data = GaussianData(VP_CONFIG)
-    solver = ParaDiGMS(ParaDiGMSConfig(window=1, spacing="logsnr"), VP_CONFIG)
-    steps = [20, 40, 80, 160]
-    assert slope(steps, [error(solver, data, data.noise(2), n) for n in steps]) > 0.7
-
-
-# -- Sampler Scheduler -----------------------------------------------------------------------------------
-
-
-def test_sampler_scheduler_runs_its_stages_over_their_ranges():
-    data = GaussianData(VP_CONFIG)
-    noise = data.noise(2)
-    first = {"name": "paradigms", "window": 1}
-    second = {"name": "dc-solver", "ratios": {10: [1.0] * 10}}
-    config = SamplerSchedulerConfig(steps=10, stages=[{"sampler": first, "until": 0.3}, {"sampler": second}])
-    scheduler = SamplerScheduler(config, VP_CONFIG)
-    assert scheduler.boundaries(10) == [3, 10]
-    taus = scheduler.taus(10, None)
-    denoise = data.denoise
-    by_hand = scheduler.stages[0].integrate(denoise, noise, taus[:4], Progress(lambda *a: None, 0, 10))
-    by_hand = scheduler.stages[1].integrate(denoise, by_hand, taus[3:], Progress(lambda *a: None, 3, 10))
-    seen = []
-    out = scheduler.sample(denoise, noise, 10, [], lambda done, total, x: seen.append((done, total)))
-    assert torch.equal(out, by_hand)
-    assert [done for done, _ in seen] == list(range(1, 11))
-    with pytest.raises(PlanError, match="cannot run a range of steps"):
-        SamplerScheduler(SamplerSchedulerConfig(stages=[{"sampler": {"name": "ddim"}}]), VP_CONFIG)
-
-
-# -- declared prediction types ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", OWN)
-def test_own_samplers_refuse_models_of_other_prediction_types(name):
-    sample_config = {**VP_CONFIG, "prediction_type": "sample"}
-    spec = {"name": name}
-    if name == "sampler-scheduler":
-        spec["stages"] = [{"sampler": {"name": "paradigms"}}]
-    config = SAMPLERS.parse(spec, "plan.sampler")
-    with pytest.raises(PlanError, match="predicts 'sample'"):
-        SAMPLERS.get(name)(config, sample_config)
+def test_calibrate_command_writes_statistics_that_load(tmp_path):
+    checkpoint = save_tiny_dit(tmp_path / "tiny")
+    config = tmp_path / "model.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "tiny", "path": str(checkpoint), "family": "dit", "guidance_scale": 2.0},
+        "plan": {"sampler": {"name": "dpm-solver-v3"}},
+    }))  # fmt: skip
+    with pytest.raises(PlanError, match="ditserve calibrate --sampler dpm-solver-v3"):
+        Engine.from_config(config)
+    assert main(["calibrate", "--sampler", "dpm-solver-v3", "--config", str(config), "--samples", "2"]) == 0
+    plan = load_config(config).plan.sampler
+    assert plan.name == "dpm-solver-v3" and (tmp_path / "tiny-dpm-solver-v3.safetensors").is_file()
+    stats = Statistics.load(plan.statistics)
+    assert stats.l.shape == (251, 1, 8, 8) and torch.isfinite(stats.s).all() and torch.isfinite(stats.b).all()
+    result = Engine.from_config(config).generate(GenerationRequest(class_label=1, seed=0, steps=5))
+    assert torch.isfinite(result.images).all()

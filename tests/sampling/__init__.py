@@ -1,0 +1,1 @@
+"""Samplers: one battery (battery.py) every sampler runs, plus each sampler's own checks (test_<name>.py)."""

@@ -1,0 +1,32 @@
+"""DPM-Solver++ (diffusers' DPMSolverMultistepScheduler: 2M, 3M, SDE): the battery and the diffusers loop on a
+diffusion and a flow-matching model."""
+
+from __future__ import annotations
+
+from diffusers import DPMSolverMultistepScheduler
+
+from .battery import SamplerBattery
+from .wrapped import FLOW, MatchesDiffusers
+
+
+class TestDPMSolverPP(SamplerBattery, MatchesDiffusers):
+    name = "dpm-solver++"
+    predicts = {"epsilon", "v_prediction", "sample", "flow"}
+    cases = {
+        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, {"solver_order": 2}),
+        "3m": ({"name": "dpm-solver++", "variant": "3M"}, DPMSolverMultistepScheduler, {"solver_order": 3}),
+        "sde": (
+            {"name": "dpm-solver++", "variant": "SDE"},
+            DPMSolverMultistepScheduler,
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        ),
+    }
+    flow_cases = {
+        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, FLOW),
+        "3m": ({"name": "dpm-solver++", "variant": "3M"}, DPMSolverMultistepScheduler, {**FLOW, "solver_order": 3}),
+        "sde": (
+            {"name": "dpm-solver++", "variant": "SDE"},
+            DPMSolverMultistepScheduler,
+            {**FLOW, "algorithm_type": "sde-dpmsolver++"},
+        ),
+    }

@@ -1,0 +1,17 @@
+"""Euler (diffusers' EulerDiscreteScheduler, optionally on Karras sigmas): the battery and the diffusers loop."""
+
+from __future__ import annotations
+
+from diffusers import EulerDiscreteScheduler
+
+from .battery import SamplerBattery
+from .wrapped import MatchesDiffusers
+
+
+class TestEuler(SamplerBattery, MatchesDiffusers):
+    name = "euler"
+    predicts = {"epsilon", "v_prediction", "sample"}
+    cases = {
+        "euler": ({"name": "euler"}, EulerDiscreteScheduler, {}),
+        "euler-karras": ({"name": "euler", "karras_sigmas": True}, EulerDiscreteScheduler, {"use_karras_sigmas": True}),
+    }
