@@ -28,6 +28,7 @@ class Server:
     url: str
     grpc: str
     log: Path
+    api_key: str | None = None
     readyz_seen: list[int] = field(default_factory=list)
     """/readyz answers during start-up, in order (0: connection refused)."""
     health_seen: list[str] = field(default_factory=list)
@@ -35,10 +36,8 @@ class Server:
 
     def metric(self, name: str, **labels) -> float:
         """Sum of a Prometheus sample over series whose labels include `labels`."""
-        import httpx
-
         total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+        for line in self.metrics_text().splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
                 continue
             head, value = line.rsplit(" ", 1)
@@ -46,16 +45,40 @@ class Server:
                 total += float(value)
         return total
 
+    def metrics_text(self) -> str:
+        import httpx
+
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        answer = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10)
+        answer.raise_for_status()
+        return answer.text
+
+    def worker(self):
+        """The BentoML worker process that serves both transports (a child of the `bentoml serve` arbiter)."""
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if "_bentoml_impl.worker.service" in " ".join(child.cmdline()):
+                return child
+        raise LookupError("no BentoML worker process found")
+
 
 PLAN = "{sampler: {name: ddim, steps: 20}}"
 
 
 def start_server(
-    tmp: Path, *, api_key: str | None = API_KEY, warmup_rounds: int = 1, plan: str = PLAN, **limits
+    tmp: Path,
+    *,
+    api_key: str | None = API_KEY,
+    warmup_rounds: int = 1,
+    plan: str = PLAN,
+    env: dict[str, str] | None = None,
+    **limits,
 ) -> Server:
     """Start `ditserve serve` and wait (bounded) until /readyz is 200, recording what probes saw meanwhile.
 
-    `plan` is the model config's plan in YAML flow style; `limits` change the defaults below."""
+    `plan` is the model config's plan in YAML flow style; `env` adds server settings (serving/settings.py);
+    `limits` change the defaults below."""
     import grpc
     import httpx
     from ditserve_testing import save_tiny_dit
@@ -79,7 +102,8 @@ def start_server(
         f"plan: {plan}\nlimits: {lim}\n".replace("'", "")
     )
     port, grpc_port = free_port(), free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True")
+    settings = env or {}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True", **settings)
     env.pop("DITSERVE_API_KEY", None)
     env["BENTOML_HOME"] = str(tmp / "bentoml-home")  # BentoML wipes $BENTOML_HOME/prometheus_multiproc_dir at start
     if api_key:
@@ -88,11 +112,12 @@ def start_server(
     command = [sys.executable, "-m", "ditserve.cli", "serve", "--config", str(config), "--port", str(port),
                "--grpc-port", str(grpc_port), "--warmup-rounds", str(warmup_rounds)]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", log)
+    server = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", log, api_key)
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if proc.poll() is not None or " failed\nTraceback" in log.read_text():  # exited, or its model did not load
+            stop_server(server)
+            raise RuntimeError(f"server exited or failed to load ({proc.returncode}):\n{log.read_text()[-3000:]}")
         with grpc.insecure_channel(server.grpc) as channel:  # a fresh channel: no reconnect back-off
             try:
                 answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)

@@ -1,7 +1,8 @@
 """The optional API key, on both transports: `Authorization: Bearer <key>` or `x-api-key: <key>`.
 
 The key comes from the environment (`DITSERVE_API_KEY`), never from a request or a log line. Health,
-readiness, metrics and the playground page stay open so that probes and the page itself load.
+readiness and the playground page stay open so that probes and the page itself load; `/metrics` needs
+the key unless `DITSERVE_METRICS_OPEN=1` (see http_app.py).
 """
 
 from __future__ import annotations

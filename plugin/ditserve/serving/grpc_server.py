@@ -12,47 +12,35 @@ import asyncio
 import threading
 
 import grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ditserve.request import GenerationRequest
 from ditserve.serving.auth import ApiKeyInterceptor
+from ditserve.serving.parsing import from_proto
 from ditserve.serving.runtime import Runtime
 from ditserve.serving.schemas import encode_image, failure
+from ditserve.serving.settings import SETTINGS
 from ditserve.v1 import diffusion_pb2 as pb
 from ditserve.v1 import diffusion_pb2_grpc as pb_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["DiffusionService"].full_name
-MAX_RECEIVE = 1 << 20
-"""Largest request message (1 MiB): prompts are bounded far below this."""
 MAX_SEND = 256 << 20
 """Largest response message (256 MiB): a full batch of raw float32 images at the largest size."""
 WATCH_S = 0.5
 """How often health checks whether the engine is still alive."""
-FORMATS = {pb.IMAGE_FORMAT_UNSPECIFIED: "png", pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_RAW_F32: "raw"}
 
 
-def _number(value):
-    """Struct numbers arrive as floats; integral ones were meant as ints (steps, orders)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def to_request(message: pb.GenerateRequest) -> GenerationRequest:
-    fields = {"num_images": message.num_images or 1}
-    subject = message.WhichOneof("subject")
-    if subject is not None:
-        fields[subject] = getattr(message, subject)
-    for name in ("steps", "guidance_scale", "seed", "height", "width"):
-        if message.HasField(name):
-            fields[name] = getattr(message, name)
-    for section in ("sampler", "cache"):  # strategy overrides
-        if message.HasField(section):
-            strategy = getattr(message, section)
-            extra = {k: _number(v) for k, v in json_format.MessageToDict(strategy.fields).items()}
-            fields[section] = {"name": strategy.name or "none", **extra}  # unset name: as in REST
-    return GenerationRequest(**fields)
+def server_options(settings=SETTINGS) -> list[tuple[str, int]]:
+    """Message and connection bounds: requests as large as a REST body at most, idle and old connections
+    closed (with a GOAWAY; clients reconnect on their next call), as uvicorn's timeouts do for REST."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", MAX_SEND),
+        ("grpc.max_connection_idle_ms", int(settings.grpc_idle_s * 1000)),
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.drain_s * 1000)),
+    ]
 
 
 def to_image(image_json: dict) -> pb.Image:
@@ -93,13 +81,14 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         self.runtime.metrics_count("grpc", f.status)
         await context.abort(getattr(grpc.StatusCode, f.grpc), f.message)
 
-    def _submit(self, request: pb.GenerateRequest, context, **options):
+    def _submit(self, body, context, **options):
         remaining = context.time_remaining()
-        return self.runtime.submit(to_request(request), request.model or None, timeout_s=remaining, **options)
+        return self.runtime.submit(body.to_request(), body.model, timeout_s=remaining, **options)
 
     async def Generate(self, request, context):
         try:
-            ticket = self._submit(request, context)
+            body = from_proto(request)
+            ticket = self._submit(body, context)
         except Exception as err:  # refused before any work: its status, counted
             return await self._fail(context, err)
         try:
@@ -111,7 +100,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         except Exception as err:  # failed while running: its status, counted
             return await self._fail(context, err)
         self.runtime.metrics_count("grpc", "ok")
-        return to_response(self.runtime.name, result, FORMATS.get(request.format, "png"))
+        return to_response(self.runtime.name, result, body.format)
 
     async def GenerateStream(self, request, context):
         loop = asyncio.get_running_loop()
@@ -121,7 +110,8 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
             loop.call_soon_threadsafe(updates.put_nowait, update)
 
         try:
-            ticket = self._submit(request, context, on_progress=on_progress, preview_every=request.preview_every)
+            body = from_proto(request)
+            ticket = self._submit(body, context, on_progress=on_progress, preview_every=body.preview_every)
         except Exception as err:  # refused before any work: its status, counted
             await self._fail(context, err)
             return
@@ -144,7 +134,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
                 await self._fail(context, err)
                 return
             self.runtime.metrics_count("grpc", "ok")
-            yield pb.GenerateEvent(result=to_response(self.runtime.name, result, FORMATS.get(request.format, "png")))
+            yield pb.GenerateEvent(result=to_response(self.runtime.name, result, body.format))
         except asyncio.CancelledError:
             self.runtime.scheduler.cancel(ticket)
             self.runtime.metrics_count("grpc", "cancelled")
@@ -243,10 +233,7 @@ class GrpcServer:
                 self.runtime.metrics_count("grpc", "unauthenticated")
 
         interceptor = ApiKeyInterceptor(self.runtime, refused)
-        server = grpc.aio.server(
-            interceptors=[interceptor],
-            options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
-        )
+        server = grpc.aio.server(interceptors=[interceptor], options=server_options())
         pb_grpc.add_DiffusionServiceServicer_to_server(DiffusionServicer(self.runtime), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

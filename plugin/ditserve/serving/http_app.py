@@ -1,7 +1,9 @@
-"""The REST API as a Starlette app, mounted into the BentoML service: generate, stream, tasks, listings.
+"""The REST API as a Starlette app, mounted into the BentoML service: generate, stream, tasks, listings,
+and `/metrics` (behind the API key when one is set, unless `DITSERVE_METRICS_OPEN=1`).
 
 Every generation request is counted once in `ditserve_requests_total{transport="http",status=...}`.
-A client that disconnects while its request waits or runs has the request cancelled.
+A client that disconnects while its request waits or runs has the request cancelled. Bodies must be
+`application/json`; they are bounded by `BodyLimit` and checked by the shared path in parsing.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -19,11 +22,11 @@ from starlette.routing import Route
 
 from ditserve.errors import Cancelled
 from ditserve.serving.auth import key_from
+from ditserve.serving.body_limit import BodyTooLarge
+from ditserve.serving.parsing import from_json
 from ditserve.serving.runtime import Runtime
 from ditserve.serving.schemas import GenerateBody, encode_image, failure, result_json
-
-MAX_BODY_BYTES = 1 << 20
-"""Largest accepted request body (1 MiB): prompts are bounded far below this."""
+from ditserve.serving.settings import SETTINGS
 
 PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
 
@@ -34,6 +37,9 @@ class HttpError(Exception):
 
 
 def error_response(err: BaseException) -> tuple[JSONResponse, str]:
+    if isinstance(err, BodyTooLarge):  # the rest of the body is never read: close the connection
+        body = {"error": {"status": "too_large", "field": "body", "message": str(err)}}
+        return JSONResponse(body, 413, headers={"connection": "close"}), "too_large"
     if isinstance(err, HttpError):
         body = {"error": {"status": err.kind, "field": err.field, "message": err.message}}
         return JSONResponse(body, err.status), err.kind
@@ -41,17 +47,15 @@ def error_response(err: BaseException) -> tuple[JSONResponse, str]:
     return JSONResponse(f.json(), f.http), f.status
 
 
-async def read_body(request: Request, model=GenerateBody):
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise HttpError(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid")
-    try:
-        data = json.loads(raw or b"null")
-    except ValueError as err:
-        raise HttpError(400, f"body is not JSON: {err}", "invalid") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, "body must be a JSON object", "invalid")
-    return model.model_validate(data)
+async def read_body(request: Request, schema=GenerateBody):
+    """The request's JSON body, checked against `schema` (415 unless it is declared application/json)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        shown = repr(content_type) if content_type else "none"
+        raise HttpError(
+            415, f"send the body as JSON with `Content-Type: application/json` (got {shown})", "invalid", "content-type"
+        )
+    return from_json(await request.body(), schema)
 
 
 def authorize(runtime: Runtime, request: Request) -> None:
@@ -229,6 +233,15 @@ def build_app(runtime: Runtime) -> Starlette:
     async def strategies(request: Request) -> Response:
         return JSONResponse({"strategies": runtime.strategies()})
 
+    async def metrics(request: Request) -> Response:
+        """Behind the API key like the API (a scraper on a private network may be let in with METRICS_OPEN)."""
+        if not SETTINGS.metrics_open:
+            try:
+                authorize(runtime, request)
+            except HttpError as err:
+                return error_response(err)[0]
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def playground(request: Request) -> Response:
         return HTMLResponse(PLAYGROUND.read_text())
 
@@ -246,6 +259,7 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/strategies", guarded(strategies), methods=["GET"]),
         Route("/v1/images/generations", counted(images_generations(runtime, wait_for, read_body)), methods=["POST"]),
         Route("/v1/models", guarded(list_models(runtime)), methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/playground", playground, methods=["GET"]),
         Route("/", lambda request: RedirectResponse("/playground"), methods=["GET"]),
     ]

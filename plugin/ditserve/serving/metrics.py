@@ -1,19 +1,32 @@
 """Prometheus metrics shared by both transports, exported on the service's `/metrics`.
 
-BentoML runs prometheus_client in multi-process mode, so these metrics are written to its shared
-directory and appear in its `/metrics` output with its own; the gauges aggregate over live processes.
+Every label has a bounded set of values: transports, outcomes, route templates (`/tasks/{id}`, never a
+raw path or an id), methods and status codes. BentoML's own HTTP metrics label raw paths, so a client
+could grow them without bound; the service turns them off and `RouteMetrics` counts every HTTP request
+here instead. BentoML runs prometheus_client in multi-process mode (`PROMETHEUS_MULTIPROC_DIR`), so the
+metrics are written to its shared directory and `exposition` reads them from there; the gauges
+aggregate over live processes.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import time
+from typing import TYPE_CHECKING
 
-from ditserve.request import GenerationResult
-from ditserve.scheduler import SchedulerHooks
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from ditserve.request import GenerationResult
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""HTTP methods that get their own label value; any other is counted as "other"."""
 
 
-class ServerMetrics(SchedulerHooks):
-    """Requests by transport and outcome, the queue, batches, steps and block evaluations."""
+class ServerMetrics:
+    """Requests by transport and outcome, HTTP requests by route, the queue, batches, steps and blocks.
+
+    The scheduler reports to it through the `SchedulerHooks` methods (queue_depth ... batch_done)."""
 
     def __init__(self, block_count=None) -> None:
         self.registry = CollectorRegistry()
@@ -56,7 +69,35 @@ class ServerMetrics(SchedulerHooks):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.http_requests = Counter(
+            "ditserve_http_requests",
+            "HTTP requests answered, by route template, method and status code",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "ditserve_http_request_duration_seconds",
+            "Time from an HTTP request's arrival to the end of its answer, by route template",
+            ["route", "method"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300),
+        )
         self._block_count = block_count or (lambda: 0)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of every process's metrics (this registry's alone outside multi-process mode)."""
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def http_request(self, route: str, method: str, code: int, started: float) -> None:
+        method = method if method in METHODS else "other"
+        self.http_requests.labels(route, method, str(code)).inc()
+        self.http_seconds.labels(route, method).observe(time.perf_counter() - started)
 
     def queue_depth(self, depth: int) -> None:
         self.depth.set(depth)

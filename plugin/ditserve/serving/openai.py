@@ -21,7 +21,7 @@ SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
 class ImagesBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     prompt: str = Field(max_length=100_000)
     model: str | None = Field(None, max_length=64)

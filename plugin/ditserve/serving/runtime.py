@@ -15,11 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ditserve.config import ModelConfig, load_config
 from ditserve.request import GenerationRequest
-from ditserve.scheduler import Scheduler, Ticket, Update
 from ditserve.serving.schemas import NotReady, UnknownModel
+
+if TYPE_CHECKING:  # the scheduler loads torch: imported when the engine loads, not with the transports
+    from ditserve.scheduler import Scheduler, Ticket, Update
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class Runtime:
 
         self.metrics = ServerMetrics(lambda: self.engine.block_counter.count if self.engine else 0)
         self.ready = threading.Event()
+        self.draining = threading.Event()
+        """Set at SIGTERM: new requests get 503 / UNAVAILABLE "shutting down" while admitted ones finish."""
         self.load_error: str | None = None
         self.tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
         self._tasks_lock = threading.Lock()
@@ -97,7 +102,7 @@ class Runtime:
     @property
     def serving(self) -> bool:
         """Ready for requests: warmed up, not draining, and the engine alive."""
-        return self.ready.is_set() and self.alive
+        return self.ready.is_set() and not self.draining.is_set() and self.alive
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         self._on_ready.append(callback)
@@ -111,6 +116,7 @@ class Runtime:
     def _load(self) -> None:
         try:
             from ditserve.parallel.executor import open_executor
+            from ditserve.scheduler import Scheduler
 
             started = time.perf_counter()
             engine = (self.open_executor or open_executor)(self.config)
@@ -145,6 +151,10 @@ class Runtime:
     def submit(self, request: GenerationRequest, model: str | None = None, **options) -> Ticket:
         if model and model != self.name:
             raise UnknownModel(f"model {model!r} is not served here; this server serves {self.name!r}")
+        if self.draining.is_set():  # before readiness: a draining server is not "still loading"
+            from ditserve.scheduler import ShuttingDown
+
+            raise ShuttingDown(f"the server is shutting down and takes no new requests; retry {self.name!r} elsewhere")
         if not self.ready.is_set():
             why = f"loading failed: {self.load_error}" if self.load_error else "still loading and warming up"
             raise NotReady(f"the model {self.name!r} is {why}; retry when /readyz answers 200")
@@ -165,14 +175,14 @@ class Runtime:
         return task
 
     def begin_drain(self) -> None:
-        """Not ready, and refuse new requests from now on (admitted ones keep running)."""
-        self.ready.clear()
+        """Not ready, and refuse new requests from now on with "shutting down" (admitted ones keep running)."""
+        self.draining.set()
         if self.scheduler:
             self.scheduler.close(timeout=0)
 
     def shutdown(self, timeout: float = 60.0) -> bool:
         """Refuse new requests and let admitted ones finish; True if they did within `timeout`."""
-        self.ready.clear()
+        self.draining.set()
         return self.scheduler.close(timeout) if self.scheduler else True
 
     # -- listings -----------------------------------------------------------------------------------

@@ -1,29 +1,32 @@
-"""REST request and response bodies, and the error each failure becomes on each transport.
+"""Request and response bodies of both transports, and the error each failure becomes on each.
 
 The request body is `GenerationRequest`'s fields plus transport options (model, format, previews,
-timeout); numbers are bounded here as well as by the model's limits, which the engine checks.
+timeout); numbers are bounded here as well as by the model's limits, which the engine checks. Types are
+strict: `"20"` or `true` is not an int. No torch here: the transports load without it (results are
+encoded by functions that import it when they run).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ditserve.errors import Cancelled, RequestError
-from ditserve.images import to_pil, to_png
-from ditserve.parallel.launcher import RankFailure
-from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult
-from ditserve.scheduler import QueueFull, ShuttingDown
+from ditserve.request import MAX_SEED, GenerationRequest
+
+if TYPE_CHECKING:
+    import torch
+
+    from ditserve.request import GenerationResult
 
 
 class GenerateBody(BaseModel):
-    """`POST /generate` and `/generate/stream`, `/tasks`: what to draw and how to return it."""
+    """`POST /generate` and `/generate/stream`, `/tasks`, gRPC `Generate`: what to draw and how to return it."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     model: str | None = Field(None, max_length=64)
     """The served model's name (optional: a server serves one model)."""
@@ -53,6 +56,8 @@ class GenerateBody(BaseModel):
 
 def encode_image(image: torch.Tensor, seed: int, fmt: str) -> dict:
     """One (C, H, W) image in [0, 1] as JSON: PNG or exact float32 bytes, base64."""
+    from ditserve.images import to_pil, to_png
+
     c, h, w = image.shape
     if fmt == "raw":
         data, mime = image.contiguous().numpy().astype("<f4").tobytes(), "application/x-float32"
@@ -120,16 +125,21 @@ def failure(err: BaseException) -> Failure:
         return Failure(400, "INVALID_ARGUMENT", "invalid", problems, field)
     if isinstance(err, UnknownModel):
         return Failure(404, "NOT_FOUND", "not_found", str(err), "model")
-    if isinstance(err, QueueFull):
-        return Failure(429, "RESOURCE_EXHAUSTED", "queue_full", str(err))
-    if isinstance(err, (ShuttingDown, NotReady)):
-        return Failure(503, "UNAVAILABLE", "unavailable", str(err))
-    if isinstance(err, RankFailure):  # the engine is down until a restart: not "serves the next request"
+    if isinstance(err, NotReady):
         return Failure(503, "UNAVAILABLE", "unavailable", str(err))
     if isinstance(err, Cancelled):
         if err.reason == "deadline exceeded":
             return Failure(504, "DEADLINE_EXCEEDED", "deadline", str(err))
         return Failure(409, "CANCELLED", "cancelled", str(err))
+    from ditserve.parallel.launcher import RankFailure  # here, not at the top: these modules load torch
+    from ditserve.scheduler import QueueFull, ShuttingDown
+
+    if isinstance(err, QueueFull):
+        return Failure(429, "RESOURCE_EXHAUSTED", "queue_full", str(err))
+    if isinstance(err, ShuttingDown):
+        return Failure(503, "UNAVAILABLE", "unavailable", str(err))
+    if isinstance(err, RankFailure):  # the engine is down until a restart: not "serves the next request"
+        return Failure(503, "UNAVAILABLE", "unavailable", str(err))
     return Failure(
         500,
         "INTERNAL",
