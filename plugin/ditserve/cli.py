@@ -17,11 +17,12 @@ DEFAULT_CONFIG = "builtin:digits-dit"
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ditserve.engine import Engine
+    from ditserve.config import load_config
     from ditserve.images import to_pil
+    from ditserve.parallel.executor import open_executor
     from ditserve.request import GenerationRequest
 
-    engine = Engine.from_config(args.config)
+    engine = open_executor(load_config(args.config))  # a multi-process plan spawns its ranks
     request = GenerationRequest(
         prompt=args.prompt,
         class_label=args.class_label,
@@ -39,7 +40,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             bar.total = event.total
             bar.update(event.step - bar.n)
 
-        result = engine.generate(request, on_progress=on_progress)
+        try:
+            result = engine.generate(request, on_progress=on_progress)
+        finally:
+            engine.close()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(result.seeds) == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in result.seeds]
