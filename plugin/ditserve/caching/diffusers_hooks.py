@@ -21,6 +21,7 @@ import re
 from typing import Annotated, Any, ClassVar
 
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from pydantic import AfterValidator
 from torch import nn
 
@@ -80,8 +81,6 @@ class DiffusersHookCache(CacheStrategy):
         raise NotImplementedError
 
     def apply(self, model: LoadedModel) -> None:
-        from diffusers.hooks.hooks import CacheContext
-
         self.transformer = model.transformer
         self.context = CacheContext("batch")
         self.calls = DenoisingProgress(self._set_context)
@@ -100,8 +99,6 @@ class DiffusersHookCache(CacheStrategy):
         self.registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
 
     def _set_context(self) -> None:
-        from diffusers.hooks.hooks import _set_cache_context
-
         _set_cache_context(self.transformer, self.context)
 
     def reset(self) -> None:
