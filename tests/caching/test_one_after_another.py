@@ -43,3 +43,14 @@ def test_a_cache_leaves_nothing_behind_for_any_next_cache(dit4_dir, alone, first
         if difference > 1e-6:
             broken.append(f"{first} then {second}: output differs by {difference:.2e}")
     assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("plan", list(SETTINGS))
+def test_the_plans_cache_is_back_unchanged_after_every_other_cache_ran_as_an_override(dit4_dir, plan):
+    engine = engine_for(dit4_dir, SETTINGS[plan])
+    before = engine.generate(request(steps=STEPS))
+    for other in SETTINGS.values():
+        engine.generate(request(label=1, seed=2, num_images=1, steps=STEPS - 2, cache=other))
+    after = engine.generate(request(steps=STEPS))
+    assert (after.images - before.images).abs().max().item() <= 1e-6
+    assert after.stats.block_evaluations == before.stats.block_evaluations
