@@ -174,6 +174,25 @@ def block_argument(block: nn.Module, name: str, args: tuple, kwargs: dict) -> An
     raise ValueError(f"{type(block).__name__}.forward has no parameter {name!r}")
 
 
+def load_component(cls: type, path: Path, subfolder: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """One model component of a checkpoint (a diffusers or transformers class), for inference on `device`.
+
+    On `meta` the component is built from its config alone and no weight file is read: a process that
+    only checks requests (the multi-process executor's front) gets the shapes without a copy of the model."""
+    if torch.device(device).type == "meta":
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            if hasattr(cls, "load_config"):  # diffusers
+                module = cls.from_config(cls.load_config(path, subfolder=subfolder))
+            else:  # transformers
+                module = cls._from_config(cls.config_class.from_pretrained(path, subfolder=subfolder))
+        module = module.to(dtype)
+    else:
+        module = cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype).to(device)
+    return module.eval().requires_grad_(False)
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel
 from torch import nn
 
 from ditserve.errors import RequestError
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, read_json
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, load_component, read_json
 
 
 class DiTAdapter(FamilyAdapter):
@@ -24,12 +24,10 @@ class DiTAdapter(FamilyAdapter):
     conditioning = "class"
 
     def load(self, path: Path, dtype: torch.dtype, device: torch.device) -> LoadedModel:
-        transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
-        transformer.to(device).eval().requires_grad_(False)
+        transformer = load_component(DiTTransformer2DModel, path, "transformer", dtype, device)
         components = {}
         if (path / "vae").is_dir():
-            components["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype).to(device)
-            components["vae"].eval().requires_grad_(False)
+            components["vae"] = load_component(AutoencoderKL, path, "vae", dtype, device)
         labels = read_json(path / "labels.json").get("id2label") or read_json(path / "model_index.json").get("id2label")
         return LoadedModel(
             adapter=self,

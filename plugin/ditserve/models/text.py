@@ -10,6 +10,7 @@ no zero tokens in T5's place).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ditserve.errors import PlanError
-from ditserve.models.base import FamilyAdapter, LoadedModel, read_json
+from ditserve.models.base import FamilyAdapter, LoadedModel, load_component, read_json
 
 CALL_DEFAULTS_FILE = "call_defaults.json"
 """Optional file beside model_index.json: `__call__` defaults the checkpoint needs other than the pipeline's."""
@@ -40,13 +41,25 @@ def load_pipeline(adapter: FamilyAdapter, path: Path, classes: tuple[str, ...], 
             "(set `model.family` to the checkpoint's family)"
         )
     absent = {key: None for key, value in index.items() if value == [None, None]}  # saved as null: pass None
-    pipe = getattr(diffusers, name).from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
+    given = empty_modules(path, index, dtype) if torch.device(device).type == "meta" else {}
+    pipe = getattr(diffusers, name).from_pretrained(path, dtype=dtype, local_files_only=True, **absent, **given)
     pipe.set_progress_bar_config(disable=True)
     pipe.call_defaults = read_json(path / CALL_DEFAULTS_FILE)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
     return pipe.to(device)
+
+
+def empty_modules(path: Path, index: dict, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The pipeline's model components built on `meta` from their configs (no weight file read)."""
+    modules = {}
+    for key, value in index.items():
+        if isinstance(value, list) and len(value) == 2 and value[0] in ("diffusers", "transformers"):
+            cls = getattr(importlib.import_module(value[0]), value[1])
+            if issubclass(cls, torch.nn.Module):
+                modules[key] = load_component(cls, path, key, dtype, torch.device("meta"))
+    return modules
 
 
 def loaded(adapter: FamilyAdapter, pipe, path: Path, dtype: torch.dtype, device) -> LoadedModel:
