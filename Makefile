@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 EXTRAS ?= serve,dev,bench
 comma := ,
 
-.PHONY: setup serve test test-all lint format bench train clean proto browser bento
+.PHONY: setup serve test test-unit test-all lint format bench train clean proto browser bento
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bento: setup  ## build the deployable Bento for the digits model (bentoml locks 
 
 test: setup browser  ## set up (venv + test browser), then run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-unit: setup  ## the fast inner loop: unit tests and the strategy batteries (no servers, no ranks, no browser)
+	$(BIN)/python -m pytest -q tests/unit tests/caching tests/sampling tests/quantization
 
 test-all: setup  ## every test, the slow measurements included
 	$(BIN)/python -m pytest -q -m ""

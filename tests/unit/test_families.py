@@ -32,13 +32,7 @@ SIZE = {"pixart": (32, 48), "sd3": (32, 48), "flux": (32, 48), "flux-dev": (32, 
 """(height, width) each family's tests ask for: small, and not square where the family allows it."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Keep to one core: these tests share the machine with training jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_pixart():

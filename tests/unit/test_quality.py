@@ -20,14 +20,7 @@ from ditserve.quality import (
     train_classifier,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Keep to one core: these tests share the machine with training jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
