@@ -106,6 +106,17 @@ def load_model(config: ModelConfig, device: torch.device | None = None) -> Loade
     return adapter.load(resolve_model_path(config.resolved_path()), dtype=dtype, device=device)
 
 
+def cache_beside_sampler(cache: str, sampler: Sampler) -> str | None:
+    """Why cache `cache` cannot run beside `sampler`, or None. A cache decides per model call, taking each
+    call for one step; a parallel-in-time sampler's call holds a window of steps, and its batch changes size."""
+    if cache == "none" or not sampler.parallel_in_time:
+        return None
+    return (
+        f"sampler {sampler.name!r} evaluates several steps in one model call, and cache {cache!r} decides per "
+        "call as if it were one step: use cache 'none' or a sequential sampler"
+    )
+
+
 class Front:
     """What checks requests for one model and plan before any model work, and describes them: the adapter,
     the limits, the plan's sampler and runner, and a model to read shapes and labels from.
@@ -120,6 +131,9 @@ class Front:
         self.parallel = PARALLEL.get(plan.parallel.name)(plan.parallel)
         self.parallel.check(model, plan)
         self.sampler = self._make_sampler(plan.sampler)
+        problem = cache_beside_sampler(plan.cache.name, self.sampler)
+        if problem is not None:
+            raise PlanError(f"plan: {problem}")
 
     def _make_sampler(self, sampler_config) -> Sampler:
         return SAMPLERS.get(sampler_config.name)(sampler_config, self.model.scheduler_config)
@@ -156,13 +170,9 @@ class Front:
                 cache = None
             elif self.parallel.world_size != 1:
                 raise RequestError("cache", "a multi-process plan (plan.parallel) runs its own cache only; omit it")
-        cache_name = (cache or self.config.plan.cache).name
-        if sampler.parallel_in_time and cache_name != "none":
-            raise RequestError(
-                "cache" if request.cache is not None else "sampler",
-                f"sampler {sampler.name!r} evaluates several steps in one model call, and cache {cache_name!r} "
-                "decides per call as if it were one step: ask for cache 'none' or a sequential sampler",
-            )
+        problem = cache_beside_sampler((cache or self.config.plan.cache).name, sampler)
+        if problem is not None:
+            raise RequestError("cache" if request.cache is not None else "sampler", problem)
         steps = request.steps if request.steps is not None else sampler.config.steps
         if steps > limits.max_steps:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")

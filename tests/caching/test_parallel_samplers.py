@@ -1,6 +1,7 @@
 """A cache decides per model call, taking each call for one step; a parallel-in-time sampler (ParaDiGMS,
 ParaTAA) evaluates a window of steps in one call, whose batch changes size from call to call. The
-engine refuses the pair before any model work, naming both, instead of failing in the middle."""
+engine refuses the pair — a plan at load, a request before any model work — naming both, instead of
+failing in the middle."""
 
 from __future__ import annotations
 
@@ -33,9 +34,20 @@ def test_a_cache_beside_a_parallel_sampler_is_refused_before_any_model_work(engi
 def test_the_plans_cache_beside_a_requested_parallel_sampler_is_refused_naming_the_sampler(dit4_dir):
     cached = engine_for(dit4_dir, SETTINGS["fora"])
     ask = request(sampler={"name": "paradigms"})
-    with pytest.raises(RequestError, match="ask for cache 'none' or a sequential sampler") as err:
+    with pytest.raises(RequestError, match="use cache 'none' or a sequential sampler") as err:
         cached.validate(ask)
     assert err.value.field == "sampler"
+
+
+def test_a_plan_with_both_is_refused_at_load(dit4_dir):
+    from ditserve.config import parse_config
+    from ditserve.engine import Engine
+    from ditserve.errors import PlanError
+
+    model = {"name": "tiny", "path": str(dit4_dir), "family": "dit"}
+    plan = {"sampler": {"name": "parataa"}, "cache": SETTINGS["fora"]}
+    with pytest.raises(PlanError, match="plan: sampler 'parataa' evaluates several steps.*cache 'fora'"):
+        Engine(parse_config({"model": model, "plan": plan}))
 
 
 def test_a_window_of_one_step_is_sequential_and_runs_with_a_cache(engine):
