@@ -1,9 +1,13 @@
-"""A bounded fuzz run against the live server's REST and OpenAI routes: no input may cause a 5xx or a crash.
+"""A bounded fuzz run against the live server's REST, OpenAI and gRPC routes: no input may cause a 5xx,
+an INTERNAL or a crash.
 
 Hypothesis draws request bodies mixing valid and invalid values of every field (wrong types, out of
-range, NaN/Infinity, unknown fields, huge strings); every answer must be a 2xx or 4xx, and the server
-must still be ready and serve a normal request afterwards. Steps are kept small so the run stays short;
-`DITSERVE_FUZZ_EXAMPLES=1000 pytest tests/e2e/test_fuzz.py` runs a longer one.
+range, NaN/Infinity, unknown fields, huge strings), JSON nested thousands deep anywhere in a body, values
+a lax parser would coerce into ints ("20", true, 2.5), and gRPC messages with any enum number and
+non-finite or nested values inside strategy overrides. Every answer must be a 2xx or 4xx (any status but
+INTERNAL/UNKNOWN on gRPC), and the server must still be ready and serve a normal request afterwards.
+Steps are kept small so the run stays short; `DITSERVE_FUZZ_EXAMPLES=1000 pytest tests/e2e/test_fuzz.py`
+runs a longer one.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from __future__ import annotations
 import json
 import os
 
+import grpc
 import httpx
 import pytest
+from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_process import API_KEY
+
+from ditserve.serving.parsing import MAX_DEPTH
+from ditserve.v1 import diffusion_pb2 as pb
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +94,96 @@ def test_generate_never_fails_with_5xx(http, body):
 @given(body=openai_bodies)
 def test_openai_route_never_fails_with_5xx(http, body):
     post(http, "/v1/images/generations", body)
+
+
+INT_FIELDS = ["steps", "class_label", "seed", "num_images", "height", "width", "preview_every"]
+coercible = st.one_of(
+    st.booleans(), st.integers(0, 50).map(str), st.floats(0.5, 50).filter(lambda x: not x.is_integer())
+)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(field=st.sampled_from(INT_FIELDS), value=coercible)
+def test_ints_are_never_coerced(http, field, value):
+    """`"20"`, `true` or `2.5` for an int field is a 400 naming the field (a lax parser would run it)."""
+    answer = http.post("/generate", json={"class_label": 1, "steps": 2, field: value})
+    assert answer.status_code == 400 and field in answer.text, (field, value, answer.status_code, answer.text[:300])
+
+
+def nested_body(depth: int, opener: str, where: str) -> str:
+    closer = {"[": "]", '{"k": ': "}"}[opener]
+    deep = opener * depth + "1" + closer * depth
+    if where == "body":
+        return deep
+    if where in ("sampler", "cache"):
+        name = "ddim" if where == "sampler" else "fora"
+        return f'{{"class_label": 1, "steps": 2, "{where}": {{"name": "{name}", "x": {deep}}}}}'
+    return f'{{"class_label": 1, "steps": 2, "{where}": {deep}}}'
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(
+    depth=st.integers(1, 5000),
+    opener=st.sampled_from(["[", '{"k": ']),
+    where=st.sampled_from(["body", "prompt", "sampler", "cache", "seed"]),
+)
+def test_nesting_anywhere_is_a_400_never_a_500(http, depth, opener, where):
+    answer = http.post(
+        "/generate", content=nested_body(depth, opener, where), headers={"content-type": "application/json"}
+    )
+    assert answer.status_code < 500, (depth, where, answer.status_code, answer.text[:300])
+    if depth >= MAX_DEPTH:
+        assert answer.status_code == 400, (depth, where, answer.text[:300])
+
+
+leaf = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5))
+struct_value = st.recursive(
+    leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+override = st.fixed_dictionaries(
+    {"name": st.sampled_from(["ddim", "ddpm", "fora", "none", "nope", ""])},
+    optional={"fields": st.dictionaries(st.sampled_from(["steps", "eta", "interval", "x"]), struct_value, max_size=3)},
+)
+grpc_fields = st.fixed_dictionaries(
+    {"steps": st.integers(-3, 4)},
+    optional={
+        "format": st.integers(-(2**31), 2**31 - 1),
+        "class_label": st.integers(-(2**31), 2**31 - 1),
+        "prompt": st.text(max_size=20),
+        "guidance_scale": st.floats(allow_nan=True, allow_infinity=True, width=32),
+        "seed": st.integers(0, 2**64 - 1),
+        "num_images": st.integers(-3, 6),
+        "height": st.integers(-3, 20),
+        "width": st.integers(-3, 20),
+        "preview_every": st.integers(-3, 3),
+        "sampler": override,
+        "cache": override,
+    },
+)
+
+
+def grpc_message(fields: dict) -> pb.GenerateRequest:
+    message = pb.GenerateRequest()
+    for name, value in fields.items():
+        if name in ("sampler", "cache"):
+            extra = struct_pb2.Struct()
+            extra.update(value.get("fields", {}))
+            getattr(message, name).CopyFrom(pb.Strategy(name=value["name"], fields=extra))
+        else:
+            setattr(message, name, value)  # `format` takes any number: proto3 enums are open
+    return message
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(fields=grpc_fields)
+def test_grpc_never_fails_with_internal(grpc_client, fields):
+    try:
+        grpc_client.stub.Generate(grpc_message(fields), timeout=120, metadata=grpc_client.metadata)
+    except grpc.RpcError as err:
+        assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (fields, err.details())
+        assert err.code() != grpc.StatusCode.DEADLINE_EXCEEDED, fields
 
 
 def test_the_server_is_healthy_after_fuzzing(server, http):
