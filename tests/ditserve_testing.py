@@ -74,6 +74,21 @@ def save_tiny_flow_dit(path):
     return path
 
 
+def assert_documented_config(registry, spec: dict) -> None:
+    """The strategy `spec` names says what it is, documents every field of its config, and refuses an unknown one."""
+    import pytest
+
+    from ditserve.errors import ConfigError
+
+    cls = registry.get(spec["name"])
+    assert cls.name == spec["name"] and cls.describe(), "the class docstring's first line says what it is"
+    for field, info in cls.Config.model_fields.items():
+        if field != "name":
+            assert info.description, f"{cls.name}.{field} has no docstring"
+    with pytest.raises(ConfigError, match="no_such_field: unknown field"):
+        registry.parse({**spec, "no_such_field": 1}, "plan")
+
+
 def engine_for(path, **plan):
     """An engine over a checkpoint directory with the given plan sections."""
     from ditserve.config import parse_config
@@ -181,8 +196,9 @@ def image_vae(latent_channels: int, **factors):
     )
 
 
-def tiny_flux_transformer(num_layers: int, num_single_layers: int):
-    """A random Flux transformer: 2 heads of 16 (Ulysses 2 divides them), 16 latent channels, 32-wide text."""
+def tiny_flux_transformer(num_layers: int, num_single_layers: int, guidance_embeds: bool = False):
+    """A random Flux transformer: 2 heads of 16 (Ulysses 2 divides them), 16 latent channels, 32-wide text;
+    `guidance_embeds` for a guidance-distilled one (FLUX.1-dev)."""
     from diffusers import FluxTransformer2DModel
 
     return FluxTransformer2DModel(
@@ -194,12 +210,13 @@ def tiny_flux_transformer(num_layers: int, num_single_layers: int):
         num_attention_heads=2,
         joint_attention_dim=32,
         pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
 
 
-def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int):
-    """A random PixArt-α transformer: 2 heads of 8, 4 latent channels (8 out: learned sigma), 32-wide T5."""
+def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int, heads: int = 2):
+    """A random PixArt-α transformer: `heads` heads of 8, 4 latent channels (8 out: learned sigma), 32-wide T5."""
     from diffusers import PixArtTransformer2DModel
 
     return PixArtTransformer2DModel(
@@ -207,10 +224,10 @@ def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int
         num_layers=num_layers,
         patch_size=2,
         attention_head_dim=8,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         caption_channels=32,
         in_channels=4,
-        cross_attention_dim=16,
+        cross_attention_dim=8 * heads,
         out_channels=out_channels,
         attention_bias=True,
         activation_fn="gelu-approximate",

@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import pytest
 import torch
-from ditserve_testing import engine_for
+from ditserve_testing import assert_documented_config, engine_for
 
-from ditserve.errors import ConfigError, PlanError
+from ditserve.errors import PlanError
 from ditserve.quantization.layers import block_linears, weight_bytes
 from ditserve.registry import QUANTIZERS
 from ditserve.request import GenerationRequest
@@ -25,14 +25,14 @@ CALIB = {"calibration_samples": 2, "calibration_steps": 3}
 """A short calibration for the tiny model."""
 REQUEST = GenerationRequest(class_label=3, steps=4, seed=11, num_images=2)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def images(engine) -> torch.Tensor:
     return engine.generate(REQUEST).images
 
 
 class QuantizerBattery:
+    pytestmark = pytest.mark.usefixtures("one_thread")  # inherited by every TestXxx
+
     name: ClassVar[str]
     plan: ClassVar[dict]
     """The quantizer's plan section on the tiny model (`name` included)."""
@@ -40,13 +40,7 @@ class QuantizerBattery:
     """Mean |Δ| in [0, 1] pixels allowed against the unquantized output of the random model (4 steps)."""
 
     def test_registered_with_a_documented_validated_config(self):
-        cls = QUANTIZERS.get(self.name)
-        assert cls.name == self.name and cls.describe(), "the class docstring's first line says what it is"
-        for field, info in cls.Config.model_fields.items():
-            if field != "name":
-                assert info.description, f"{self.name}.{field} has no docstring"
-        with pytest.raises(ConfigError, match="no_such_field: unknown field"):
-            QUANTIZERS.parse({**self.plan, "no_such_field": 1}, "plan.quant")
+        assert_documented_config(QUANTIZERS, self.plan)
 
     def test_stays_close_to_unquantized_and_changes_something(self, quant_dit_dir, baseline):
         out = images(engine_for(quant_dit_dir, quant=self.plan))

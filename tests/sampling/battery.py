@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import pytest
 import torch
-from ditserve_testing import engine_for
+from ditserve_testing import assert_documented_config, engine_for
 
-from ditserve.errors import Cancelled, ConfigError, PlanError
+from ditserve.errors import Cancelled, PlanError
 from ditserve.registry import SAMPLERS
 from ditserve.request import GenerationRequest
 
@@ -31,14 +31,14 @@ SCHEDULER_CONFIGS = {
 }
 """A scheduler config of each prediction type (the tiny flow model's shift)."""
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def request(seed: int = 11, label: int = 3, steps: int = STEPS) -> GenerationRequest:
     return GenerationRequest(class_label=label, seed=seed, num_images=2, guidance_scale=GUIDANCE, steps=steps)
 
 
 class SamplerBattery:
+    pytestmark = pytest.mark.usefixtures("one_thread")  # inherited by every TestXxx
+
     name: ClassVar[str]
     predicts: ClassVar[set[str]]
     """The prediction types the sampler declares (`Sampler.prediction_types`)."""
@@ -58,13 +58,7 @@ class SamplerBattery:
     # -- config and declarations --------------------------------------------------------------------
 
     def test_registered_with_a_documented_validated_config(self, settings):
-        cls = SAMPLERS.get(self.name)
-        assert cls.name == self.name and cls.describe(), "the class docstring's first line says what it is"
-        for field, info in cls.Config.model_fields.items():
-            if field != "name":
-                assert info.description, f"{self.name}.{field} has no docstring"
-        with pytest.raises(ConfigError, match="no_such_field: unknown field"):
-            SAMPLERS.parse({**settings, "no_such_field": 1}, "plan.sampler")
+        assert_documented_config(SAMPLERS, settings)
 
     @pytest.mark.parametrize("kind", list(SCHEDULER_CONFIGS))
     def test_runs_what_it_declares_and_refuses_the_rest_at_load(self, settings, kind):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import pytest
 import torch
-from gaussian_data import GaussianData, run
+from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, run
 from safetensors.torch import save_file
 
 from ditserve.quality import load_classifier
 from ditserve.request import GenerationRequest
+
+CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
+"""Run an analytic check on a diffusion (epsilon) and a flow-matching schedule."""
 
 
 def plus_plus_statistics(scheduler_config: dict, shape: tuple[int, ...], path) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from ditserve_testing import save_tiny_dit
-from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, error
+from gaussian_data import VP_CONFIG, GaussianData, error
 
 from ditserve.cli import main
 from ditserve.config import load_config
@@ -18,9 +18,8 @@ from ditserve.request import GenerationRequest
 from ditserve.sampling.dc_solver import DCSolver, DCSolverConfig, search_ratios
 
 from .battery import STEPS, SamplerBattery
-from .own import MakesDigits
+from .own import CONFIGS, MakesDigits
 
-CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

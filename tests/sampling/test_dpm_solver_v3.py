@@ -19,9 +19,8 @@ from ditserve.request import GenerationRequest
 from ditserve.sampling.dpm_solver_v3 import DPMSolverV3, DPMSolverV3Config, Statistics, estimate_statistics
 
 from .battery import SamplerBattery
-from .own import MakesDigits
+from .own import CONFIGS, MakesDigits
 
-CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

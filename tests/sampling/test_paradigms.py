@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, error
+from gaussian_data import VP_CONFIG, GaussianData, error
 
 from ditserve.sampling.paradigms import ParaDiGMS, ParaDiGMSConfig
 
 from .battery import SamplerBattery
-from .own import MakesDigits, assert_reaches_the_sequential_result_in_fewer_rounds
+from .own import CONFIGS, MakesDigits, assert_reaches_the_sequential_result_in_fewer_rounds
 
-CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

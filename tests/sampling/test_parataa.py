@@ -4,15 +4,14 @@ than plain Picard iteration (what its triangular Anderson acceleration is for); 
 from __future__ import annotations
 
 import pytest
-from gaussian_data import FLOW_CONFIG, VP_CONFIG, GaussianData, run
+from gaussian_data import GaussianData, run
 
 from ditserve.sampling.paradigms import ParaDiGMS, ParaDiGMSConfig
 from ditserve.sampling.parataa import ParaTAA, ParaTAAConfig
 
 from .battery import SamplerBattery
-from .own import MakesDigits, assert_reaches_the_sequential_result_in_fewer_rounds
+from .own import CONFIGS, MakesDigits, assert_reaches_the_sequential_result_in_fewer_rounds
 
-CONFIGS = pytest.mark.parametrize("scheduler_config", [VP_CONFIG, FLOW_CONFIG], ids=["epsilon", "flow"])
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -18,6 +18,8 @@ from ditserve_testing import (
     image_vae,
     t5_encoder,
     t5_tokenizer,
+    tiny_flux_transformer,
+    tiny_pixart_transformer,
     tiny_sd3_transformer,
     tiny_wan_transformer,
 )
@@ -37,26 +39,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build_pixart():
     """PixArt-α at `sample_size` 128, so the resolution / aspect-ratio conditions are exercised, learned sigma."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
 
     tokenizer = t5_tokenizer()
-    transformer = PixArtTransformer2DModel(
-        sample_size=128,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,  # the size conditions take a third of the width each
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
+    # 3 heads: the size conditions take a third of the width each
+    transformer = tiny_pixart_transformer(sample_size=128, num_layers=2, out_channels=8, heads=3)
     return PixArtAlphaPipeline(
         tokenizer=tokenizer,
         text_encoder=t5_encoder(tokenizer),
@@ -86,21 +73,10 @@ def build_sd3():
 
 def build_flux(guidance_embeds: bool):
     """FLUX.1-schnell-like (no guidance embedding) or FLUX.1-dev-like (guidance-distilled)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     clip, t5 = clip_tokenizer(), t5_tokenizer()
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=guidance_embeds,
-        axes_dims_rope=(4, 6, 6),
-    )
+    transformer = tiny_flux_transformer(num_layers=1, num_single_layers=2, guidance_embeds=guidance_embeds)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096
     )
