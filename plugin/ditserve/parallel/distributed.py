@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 
 COMPOSING_AXES = ("cfg", "dp")
 """Axes every technique composes with: guidance branches and replicas never touch the model's sequence."""
+SUGGESTION = {
+    "ulysses": "for Ulysses with Ring use `usp`",
+    "ring": "for Ring with Ulysses use `usp`",
+    "pipefusion": "pipeline stages run under `pipefusion` or `asyncdiff` without sequence parallelism",
+}
+"""What to use instead of a degree a technique does not drive."""
 
 
 class DistributedConfig(ParallelConfig):
@@ -75,13 +81,6 @@ class DistributedConfig(ParallelConfig):
 
     def degrees(self) -> Degrees:
         return Degrees(**{axis: getattr(self, axis) for axis in AXES})
-
-
-SUGGESTION = {
-    "ulysses": "for Ulysses with Ring use `usp`",
-    "ring": "for Ring with Ulysses use `usp`",
-    "pipefusion": "pipeline stages run under `pipefusion` or `asyncdiff` without sequence parallelism",
-}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ditserve.config import ModelConfig
 from ditserve.engine import Engine, Front, load_model
 from ditserve.models.base import LoadedModel
 from ditserve.parallel.launcher import RankChannel, SpawnedRanks
+from ditserve.registry import PARALLEL
 from ditserve.request import GenerationRequest, GenerationResult
 
 
@@ -71,6 +72,5 @@ class RankExecutor(Front):
 
 def open_executor(config: ModelConfig) -> Front:
     """The executor for `config`'s plan: the local `Engine`, or a `RankExecutor` over spawned ranks."""
-    runner = config.plan.parallel
-    world_size = runner.degrees().world_size if hasattr(runner, "degrees") else 1
-    return Engine(config) if world_size == 1 else RankExecutor(config)
+    runner = PARALLEL.get(config.plan.parallel.name)(config.plan.parallel)
+    return Engine(config) if runner.world_size == 1 else RankExecutor(config)

@@ -8,8 +8,9 @@ varies fastest (xfuser's `use_ulysses_low=True`):
 
     rank = ulysses_r + U * (ring_r + R * (pipefusion_r + P * (cfg_r + C * dp_r)))
 
-A group along one axis holds the ranks that differ only in that axis. The rendezvous is a file (never
-a TCP store, which torchrun binds to every interface): nothing listens on the network.
+A group along one axis holds the ranks that differ only in that axis. Spawned ranks (and the tests) meet
+through a rendezvous file (`init_loopback`), never a TCP store, which binds every interface; ranks started
+by torchrun use torchrun's store (`worker.py`).
 """
 
 from __future__ import annotations

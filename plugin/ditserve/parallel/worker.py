@@ -68,10 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     from ditserve.config import load_config
     from ditserve.errors import PlanError
     from ditserve.parallel.ranks import join, rank_engine, serve
+    from ditserve.registry import PARALLEL
 
     logging.basicConfig(level=logging.INFO)
     config = load_config(args.config)
-    world_size = config.plan.parallel.degrees().world_size if config.plan.parallel.name != "none" else 1
+    world_size = PARALLEL.get(config.plan.parallel.name)(config.plan.parallel).world_size
+    if world_size == 1:
+        raise PlanError("plan.parallel runs in one process: serve it with `ditserve serve`, not under torchrun")
     join(config, "env://")
     if dist.get_world_size() != world_size:
         raise PlanError(f"plan.parallel needs {world_size} ranks; torchrun started {dist.get_world_size()}")
