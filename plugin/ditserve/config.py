@@ -67,6 +67,10 @@ class AccelPlan(_Section):
     """Weight/activation quantization and the attention backend."""
     parallel: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "none"})
     """Multi-process runner; `none` runs in this process."""
+    compile: Literal["none", "regional", "full", "graphs"] = "none"
+    """`torch.compile` the transformer: `regional` (each block; block-level caches run around the compiled
+    blocks), `full` (the whole transformer; with a cache it runs `regional`), `graphs` (`full` with CUDA graphs,
+    for small fixed-shape models on a GPU). Compiled at load, with one warm-up request (ditserve/compile.py)."""
 
     @field_validator("sampler", "cache", "quant", "parallel", mode="before")
     @classmethod

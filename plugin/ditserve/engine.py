@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ditserve.compile import Compiler
 from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.counters import AttentionCounter, BlockCounter
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
@@ -278,16 +279,20 @@ class Engine(Front):
                 f"plan.parallel {config.plan.parallel.name!r} runs on {self.parallel.world_size} ranks: serve it "
                 "through the multi-process executor (`ditserve.parallel.executor.open_executor`), not an Engine"
             )
-        self.block_counter = BlockCounter(self.model)
-        self.attention_counter = AttentionCounter(self.model)
+        self.compiler = Compiler(config.plan, self.model)  # compiled regions, below every hook installed next
+        self.block_counter = self.compiler.block_counter() or BlockCounter(self.model)
+        self.attention_counter = self.compiler.attention_counter() or AttentionCounter(self.model)
         self.attention_layers_per_call = len(self.adapter.attention_layers(self.model.transformer))
         plan = config.plan
         self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
         self.quantizer.apply(self.model)
         self.cache = CACHES.get(plan.cache.name)(plan.cache)
         self.cache.apply(self.model)
+        self.compiler.check(self.model, f"cache {plan.cache.name!r}")
         self.parallel.apply(self.model, placement)
         self._lock = threading.Lock()
+        if self.compiler.mode != "none":  # compile now, for the default size, rather than in the first request
+            log.info("compile %s: warm-up request took %.1fs", self.compiler.mode, self.warmup())
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.1fs", config.model.name, config.model.family, self.load_seconds)
 
@@ -295,6 +300,11 @@ class Engine(Front):
     def from_config(cls, path: str | Path) -> Engine:
         """An engine for a model config file or `builtin:<name>`."""
         return cls(load_config(path))
+
+    def describe(self) -> dict:
+        """`Front.describe`, plus what runs on this device: the compiled mode and the quantizer's path."""
+        runs = {"compile": self.compiler.mode, "quant": getattr(self.quantizer, "runs", self.config.plan.quant.name)}
+        return super().describe() | {"runs": runs}
 
     def generate_batch(
         self,
@@ -393,6 +403,7 @@ class Engine(Front):
         try:
             try:
                 override.apply(self.model)
+                self.compiler.check(self.model, f"cache {config.name!r}")
             except Exception as err:
                 with contextlib.suppress(Exception):  # undo whatever part of it was applied
                     override.remove()
