@@ -16,6 +16,16 @@ API_KEY = "e2e-secret-key"
 STARTUP_S = 480  # generous: on a shared, loaded 2-core machine a start has taken from 20 s to 4 min
 
 
+def poll(check, seconds: float = 10.0) -> bool:
+    """True once `check()` is, False if it is not within `seconds` (checked every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,12 +7,10 @@ Slow (and e2e): the server spawns its ranks, which takes minutes on the shared 2
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import psutil
 import pytest
-from server_process import start_server, stop_server
+from server_process import poll, start_server, stop_server
 
 from ditserve.client import GrpcClient, RestClient, ServerError
 
@@ -24,15 +22,6 @@ def ranks(server) -> list[psutil.Process]:
     """The server's spawned rank processes (multiprocessing's spawn children of its worker)."""
     family = psutil.Process(server.proc.pid).children(recursive=True)
     return [p for p in family if "spawn_main" in " ".join(p.cmdline())]
-
-
-def poll(check, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_killed_rank_makes_the_server_not_alive_and_not_ready(tmp_path):

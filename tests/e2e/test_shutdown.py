@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from server_process import API_KEY
+from server_process import API_KEY, poll
 
 from ditserve.client import GrpcClient, RestClient, ServerError
 
@@ -40,11 +40,11 @@ def test_sigterm_drains_in_flight_requests_and_answers_new_ones(server):
     deadline = time.monotonic() + 60
     while server.metric("ditserve_step_seconds_count") - steps_before < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(server.proc.pid, signal.SIGTERM)
-    time.sleep(0.3)
-    assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503
+    os.kill(server.proc.pid, signal.SIGTERM)  # to BentoML's arbiter, which passes it on to the worker
     health = health_pb2_grpc.HealthStub(GrpcClient(server.grpc).channel)
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert poll(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503), "still ready"
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert poll(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving)
     answers = []
     while any(t.is_alive() for t in threads) and len(answers) < 50:  # new requests while in-flight ones run
         for client, options in (
