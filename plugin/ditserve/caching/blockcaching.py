@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ditserve.caching.base import CacheConfig
 from ditserve.caching.blocks import BlockCache, relative_l1
+from ditserve.caching.calibration import with_shipped_calibration
 from ditserve.errors import PlanError
 from ditserve.registry import CACHES
 
@@ -63,6 +64,7 @@ class BlockCaching(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("curves")
         super().apply(model)
         for field in ("curves", "alignment"):

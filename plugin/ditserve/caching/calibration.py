@@ -4,13 +4,23 @@ The model runs uncached (its plan's sampler and guidance, fixed seeds) while the
 `calibrate` observes it; the fields it returns go into the YAML's `plan.cache`, which then names that
 strategy (its other fields kept when it already did). The rest of the file is rewritten as parsed
 (comments are lost).
+
+A checkpoint can also ship its calibrations, so that any cache works on it without a calibration run
+(the embedded digits models do): `python -m ditserve.caching.calibration --config X --cache NAME`
+runs the same calibration and writes `calibration/<NAME>.json` into the checkpoint's folder instead of
+the YAML. The file is a JSON object of the fields `calibrate` returns (e.g. `{"coefficients": [...]}`
+for TeaCache); a string naming a file of that folder (Learning-to-Cache's `schedule`) is stored as the
+bare file name. A cache needing calibration fills the calibrated fields its config leaves unset from
+that file (`with_shipped_calibration`); where the checkpoint ships none, it refuses to load, naming
+`ditserve calibrate`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -18,6 +28,13 @@ import yaml
 from ditserve.caching.blocks import BlockCache, relative_l1
 from ditserve.config import BUILTIN_PREFIX, load_config
 from ditserve.registry import CACHES
+
+if TYPE_CHECKING:
+    from ditserve.caching.base import CacheConfig
+    from ditserve.models.base import LoadedModel
+
+SHIPPED_FOLDER = "calibration"
+"""The folder of a checkpoint that holds its shipped cache calibrations, one `<cache name>.json` each."""
 
 
 def config_file(config: str) -> Path:
@@ -111,3 +128,56 @@ def predicted_change(curve: list[float], previous: float, now: float) -> float:
     steps = len(curve) + 1
     grid = np.arange(1, steps) / steps
     return float(np.interp(now, grid, np.asarray(curve, dtype=float)) * steps * max(now - previous, 0.0))
+
+
+def shipped_file(model_path: Path, cache: str) -> Path:
+    """Where a checkpoint ships the calibration of cache `cache`."""
+    return model_path / SHIPPED_FOLDER / f"{cache}.json"
+
+
+def with_shipped_calibration(config: CacheConfig, model: LoadedModel) -> CacheConfig:
+    """`config` with the calibrated fields taken from what the checkpoint ships for it, when it ships some and
+    the config sets none of them (a config that brings any calibrated field keeps its own calibration)."""
+    path = shipped_file(model.path, config.name)
+    if not path.is_file():
+        return config
+    folder = path.parent
+    shipped = {
+        field: str(folder / value) if isinstance(value, str) and (folder / value).is_file() else value
+        for field, value in json.loads(path.read_text()).items()
+    }
+    if any(getattr(config, field, None) is not None for field in shipped):
+        return config
+    return CACHES.parse({**config.model_dump(), **shipped}, "plan.cache")
+
+
+def ship(config: str, cache: str, samples: int) -> Path:
+    """Calibrate cache `cache` on the model of `config` (uncached, the plan's sampler and guidance) and write
+    the result into the checkpoint's `calibration/<cache>.json`; return that path."""
+    from ditserve.engine import Engine, resolve_model_path
+
+    loaded = load_config(config)
+    plan = loaded.plan.model_copy(update={"cache": CACHES.parse({"name": "none"}, "plan.cache")})
+    engine = Engine(loaded.model_copy(update={"plan": plan}))
+    path = shipped_file(resolve_model_path(loaded.resolved_path()), cache)
+    path.parent.mkdir(exist_ok=True)
+    fields = CACHES.get(cache).calibrate(engine, samples, {}, path.parent)
+    fields = {
+        field: Path(value).name if isinstance(value, str) and Path(value).parent == path.parent else value
+        for field, value in fields.items()
+    }
+    path.write_text(json.dumps(fields) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Calibrate a cache and ship the result with the checkpoint.")
+    parser.add_argument("--config", required=True, help="model config YAML or builtin:<name>")
+    parser.add_argument("--cache", required=True, help="cache strategy name (e.g. teacache)")
+    parser.add_argument("--samples", type=int, default=8, help="calibration requests (fixed seeds)")
+    args = parser.parse_args(argv)
+    print(f"ditserve: wrote {ship(args.config, args.cache, args.samples)}")
+
+
+if __name__ == "__main__":
+    main()

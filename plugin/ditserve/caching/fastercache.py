@@ -15,8 +15,10 @@ denoiser hook assumes every transformer call carries [uncond; cond] in that orde
 batches [cond; uncond] and, for a request with guidance ≤ 1, the conditional branch alone with the same
 call signature — the hook would then split one request's images in two. The hooks run as for a
 guidance-distilled model (`is_guidance_distilled=True`), which leaves only the attention reuse.
-`interval: 1` computes every layer (bit-identical to no caching). Decisions are per batch: one pair of
-cached outputs per layer holds the whole [cond; uncond] batch.
+Step counts: as PAB's (caching/pab.py), the window is a range of noise levels and the default interval
+extrapolates one call at a time, which holds at 20 steps as at 50 without scaling. `interval: 1`
+computes every layer (bit-identical to no caching). Decisions are per batch: one pair of cached
+outputs per layer holds the whole [cond; uncond] batch.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from ditserve.caching.base import CacheConfig
 from ditserve.caching.blocks import BlockCache
+from ditserve.caching.calibration import with_shipped_calibration
 from ditserve.registry import CACHES
 
 
@@ -40,6 +41,7 @@ class SmoothCache(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("errors")
         super().apply(model)
         missing = sorted(set(self.group_of) - set(self.config.errors))

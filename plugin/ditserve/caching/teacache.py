@@ -11,6 +11,11 @@ and the sum restarts. The first step always computes. The polynomial comes from
 modulated-input change (`numpy.polyfit`); without it the cache refuses to load. `threshold: 0`
 computes every block (bit-identical to no caching). Decisions are per batch (the change is measured
 over the whole [cond; uncond] batch, as in the paper's code).
+
+Step counts: the cache adapts, as in the paper. The threshold bounds the output change accumulated
+since the last full step, which grows with the stretch of the trajectory covered, so at fewer steps
+each step uses more of it and fewer steps in a row reuse; the polynomial maps a change to a change, so
+one calibration (at the plan's step count) serves other step counts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import Field
 
 from ditserve.caching.base import CacheConfig
 from ditserve.caching.blocks import BlockCache, relative_l1
+from ditserve.caching.calibration import with_shipped_calibration
 from ditserve.registry import CACHES
 
 
@@ -43,6 +49,7 @@ class TeaCache(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("coefficients")
         super().apply(model)
         self.polynomial = np.poly1d(self.config.coefficients)
