@@ -240,7 +240,8 @@ def build_app(runtime: Runtime) -> Starlette:
                 authorize(runtime, request)
             except HttpError as err:
                 return error_response(err)[0]
-        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        text = await asyncio.to_thread(runtime.metrics.exposition)  # reads every process's files: off the loop
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     async def playground(request: Request) -> Response:
         return HTMLResponse(PLAYGROUND.read_text())
