@@ -5,7 +5,6 @@ strategy is marked slow; CI runs one compiled engine with a cache, a quantizer a
 from __future__ import annotations
 
 import pytest
-import torch
 from ditserve_testing import engine_for, save_tiny_dit
 
 from ditserve.errors import PlanError, RequestError
@@ -105,4 +104,3 @@ def test_the_whole_transformer_compiled_runs_as_eager(tmp_path, mode):
     eager, compiled = engine_for(path, sampler={"name": "ddim"}), engine_for(path, compile=mode)
     assert compiled.compiler.mode == mode
     assert_same_run(eager, compiled)
-    assert torch.equal(torch.tensor(compiled.block_counter.count > 0), torch.tensor(True))

@@ -286,7 +286,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "freq_dim": 32,
             "num_attention_heads": 2,
             "num_layers": 2,
-            "rope_max_seq_len": 32,
+            "rope_max_seq_len": 64,  # the default 480x832 is 52 patches wide
             "text_dim": 32,
         },
         pipeline=_wan_pipeline,

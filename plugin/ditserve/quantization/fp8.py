@@ -61,7 +61,12 @@ class FP8Linear(nn.Module):
         x_q, x_scale = to_e4m3(flat, dim=1)
         if self.tensor_cores:
             y = torch._scaled_mm(
-                x_q, self.weight_q.t(), scale_a=x_scale, scale_b=self.weight_scale.t(), bias=None, out_dtype=x.dtype
+                x_q,
+                self.weight_q.t(),
+                scale_a=x_scale,
+                scale_b=self.weight_scale.view(1, -1),
+                bias=None,
+                out_dtype=x.dtype,
             )
             y = y + self.bias.to(x.dtype) if self.bias is not None else y
         else:  # simulated: real fp8 rounding of both operands, float GEMM
