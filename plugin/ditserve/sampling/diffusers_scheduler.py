@@ -8,12 +8,9 @@ keyword arguments of `step`.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from ditserve.sampling.base import Denoise, OnStep, Sampler, prediction_type
-
-if TYPE_CHECKING:
-    import torch
+from ditserve.sampling.base import Sampler, prediction_type
 
 
 class DiffusersSampler(Sampler):
@@ -46,15 +43,7 @@ class DiffusersSampler(Sampler):
         cls = getattr(diffusers, name)
         return cls.from_config(self.scheduler_config, **self.scheduler_overrides())
 
-    def sample(
-        self,
-        denoise: Denoise,
-        noise: torch.Tensor,
-        steps: int,
-        generators: list[torch.Generator],
-        on_step: OnStep,
-        schedule: dict | None = None,
-    ) -> torch.Tensor:
+    def sample(self, denoise, noise, steps, generators, on_step, schedule=None):
         scheduler = self.make_scheduler()
         scheduler.set_timesteps(steps, device=noise.device, **(schedule or {}))
         # Flow-matching schedulers neither scale the noise nor the model input, and have no such methods.
