@@ -36,9 +36,11 @@ def free_port() -> int:
 
 def namespaced() -> list[str]:
     """The command prefix that runs in a network namespace with only loopback, or [] where none can be made."""
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
-        return ["unshare", "-rn", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh"]
-    return []
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return []
+    if subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True).returncode:
+        return []
+    return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
 def test_torchrun_ranks_serve_like_one_process(tmp_path, tiny_dit_dir):
