@@ -37,11 +37,28 @@ def single(tiny_dit_dir):
     return engine_for(tiny_dit_dir, sampler={"name": "ddim", "steps": 5})
 
 
-@pytest.fixture(scope="module")
-def ranked(tiny_dit_dir):
-    executor = executor_for(tiny_dit_dir, {"name": "ulysses", "ulysses": 2, "timeout_s": TIMEOUT_S})
+def signal_at_step_two(pid: int, sig: signal.Signals):
+    """A progress listener that sends `sig` to `pid` at step 2, once, and the list it appends that moment to."""
+    sent: list[float] = []
+
+    def listener(event) -> None:
+        if event.step == 2 and not sent:
+            os.kill(pid, sig)
+            sent.append(time.monotonic())
+
+    return listener, sent
+
+
+def running(path, parallel: dict):
+    """A module fixture's body: the executor for `parallel`, closed after the module."""
+    executor = executor_for(path, {**parallel, "timeout_s": TIMEOUT_S})
     yield executor
     executor.close()
+
+
+@pytest.fixture(scope="module")
+def ranked(tiny_dit_dir):
+    yield from running(tiny_dit_dir, {"name": "ulysses", "ulysses": 2})
 
 
 def test_the_ranks_answer_like_the_single_process_engine_with_progress(ranked, single):
@@ -94,13 +111,7 @@ def test_a_bad_size_is_refused_before_the_ranks_see_it(ranked):
 def test_a_killed_rank_fails_the_request_fast_and_the_executor_is_not_alive(ranked):
     """Last on this executor: it takes it down."""
     victim = ranked.ranks.pids[1]
-    killed_at = []
-
-    def kill_at_step_two(event):
-        if event.step == 2 and not killed_at:
-            os.kill(victim, signal.SIGKILL)
-            killed_at.append(time.monotonic())
-
+    kill_at_step_two, killed_at = signal_at_step_two(victim, signal.SIGKILL)
     long = GenerationRequest(class_label=3, steps=200, seed=1)
     with pytest.raises(RankFailure, match=f"rank 1 \\(pid {victim}\\) exited with signal SIGKILL"):
         ranked.generate(long, on_progress=kill_at_step_two)
@@ -114,9 +125,7 @@ def test_a_killed_rank_fails_the_request_fast_and_the_executor_is_not_alive(rank
 
 @pytest.fixture(scope="module")
 def replicas(tiny_dit_dir):
-    executor = executor_for(tiny_dit_dir, {"name": "data", "dp": 2, "timeout_s": TIMEOUT_S})
-    yield executor
-    executor.close()
+    yield from running(tiny_dit_dir, {"name": "data", "dp": 2})
 
 
 def test_data_parallel_replicas_share_a_batch_and_answer_like_one_process(replicas, single):
@@ -131,14 +140,7 @@ def test_data_parallel_replicas_share_a_batch_and_answer_like_one_process(replic
 def test_a_hung_rank_fails_the_request_after_the_collective_timeout(replicas):
     """Last on this executor: it takes it down. Rank 1 (replica 1) stops mid-request (SIGSTOP, a real hang);
     rank 0 finishes its share and waits for rank 1's results until the collective timeout."""
-    victim = replicas.ranks.pids[1]
-    stopped = []
-
-    def stop_at_step_two(event):
-        if event.step == 2 and not stopped:
-            os.kill(victim, signal.SIGSTOP)
-            stopped.append(time.monotonic())
-
+    stop_at_step_two, stopped = signal_at_step_two(replicas.ranks.pids[1], signal.SIGSTOP)
     requests = [GenerationRequest(class_label=label, steps=200, seed=label) for label in (1, 2)]
     with pytest.raises(RankFailure, match="a rank hangs|[Tt]imed? ?out"):
         replicas.generate_batch(requests, on_progress=stop_at_step_two)

@@ -9,7 +9,6 @@ server and its ranks takes minutes on the shared 2-core machine, more than this 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 import numpy as np
 import pytest
 from ditserve_testing import engine_for, save_tiny_dit
+from launches import stop_session
 
 from ditserve.request import GenerationRequest
 
@@ -68,12 +68,7 @@ def served(tmp_path_factory):
             raise AssertionError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
         yield url, f"127.0.0.1:{grpc_port}", model, proc.pid
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_session(proc, 30)
 
 
 def test_rest_and_grpc_answer_like_the_single_process_engine(served):

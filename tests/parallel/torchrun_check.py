@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
 import psutil
+from launches import stop_session
 
 STARTUP_S = 600
 
@@ -70,12 +70,7 @@ def main() -> None:
         out["listeners"] = listeners(proc.pid)
         out["interfaces"] = sorted(psutil.net_if_addrs())
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_session(proc, 60)
     print(json.dumps(out))
 
 
