@@ -32,6 +32,7 @@ torch runs on one thread (on a shared 2-core machine two threads per process col
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -272,7 +273,8 @@ class Bench:
         self.args = args
         self.started = time.monotonic()
         self.budget = args.budget_minutes * 60
-        self.sweep_allotment = args.sweep_share * self.budget / len(settings)
+        self.pending = list(settings)
+        """Settings not swept yet: what is left of the sweep's share of the budget is divided among them."""
         self.rows: list[Row] = []
         self.refusals: list[str] = []
         """Configurations that could not run, or ran and skipped nothing (kept out of the tables)."""
@@ -280,6 +282,8 @@ class Bench:
         self.settings: dict[tuple[str, int], dict] = {}
         self.calibrated: dict[tuple[str, str], dict] = {}
         self.directory = tempfile.mkdtemp(prefix="caching-bench-")
+        self.load = [os.getloadavg()[1]]
+        """The machine's 5-minute load average at the start, and at each write (other jobs share the cores)."""
         self.drift = 1.0
         """Uncached seconds now / in the sweep (the machine is shared): scales the timing plan."""
 
@@ -289,7 +293,13 @@ class Bench:
     # sweep
 
     def sweep_setting(self, model: str, steps: int) -> None:
+        """Sweep every family on one setting, within its allotment: the sweep's share of the budget left,
+        divided among the settings left in proportion to their steps. Past it, the peers' variants are dropped
+        and the other families climb in double strides (every other point), all reported."""
         started = self.elapsed()
+        left = self.args.sweep_share * self.budget - started
+        allotment = left * steps / sum(s for _, s in self.pending)
+        self.pending.remove((model, steps))
         config = load_config(f"builtin:{model}")
         config = config.model_copy(update={"model": config.model.model_copy(update={"threads": 1})})
         uncached = engine_with(config, {"name": "none"})
@@ -308,27 +318,39 @@ class Bench:
             "judge": judge,
         }
         print(f"== {model}, {steps} steps: uncached {seconds:.1f}s, FD {base['frechet']:.2f}", flush=True)
-        for sweep in sorted(self.sweeps(config, model, steps), key=lambda s: s.priority):
-            spent = self.elapsed() - started
-            if sweep.priority >= 2 and spent > self.sweep_allotment * (1.5 if sweep.priority == 2 else 1.0):
-                self.refusals.append(f"{model}, {steps} steps: {sweep.family} not swept (time budget)")
-                continue
+        cut: list[str] = []
+        for sweep in self.sweeps(config, model, steps):
+            if self.elapsed() - started > allotment:
+                cut.append(sweep.family)
+                if sweep.priority >= 2:
+                    continue
+                sweep = Sweep(sweep.family, sweep.harsher[::2], priority=sweep.priority)
             self.climb(model, steps, sweep)
+        if cut:
+            self.refusals.append(
+                f"{model}, {steps} steps: the sweep outran its time allotment ({allotment:.0f} s); every other "
+                f"point only, or dropped (peers' variants, priority ≥ 2): {', '.join(cut)}"
+            )
 
     def sweeps(self, config, model: str, steps: int) -> list[Sweep]:
-        """Every family to sweep on this setting, with its priority."""
-        sweeps = []
-        for family, up, down in our_specs():
-            sweeps.append(Sweep(family, [self.ours(config, s, family) for s in up],
-                                [self.ours(config, s, family) for s in down]))  # fmt: skip
+        """Every family to sweep on this setting, in the order to run them: ours with cache-dit's three basic
+        families among the first (so a cut treats both alike), then the peers' variants by priority."""
+        ours = [
+            Sweep(family, [self.ours(config, s, family) for s in up], [self.ours(config, s, family) for s in down])
+            for family, up, down in our_specs()
+        ]
         warmup = CACHES.get("dbcache").Config().warmup
 
         def peers(made: list[Peer]) -> list[Point]:
             return [self.peer(config, p, steps) for p in made]
 
+        cache_dit = []
         for k, base in enumerate(cache_dit_families(warmup)):
             up, down = ([CacheDiTPeer(with_threshold(base, t)) for t in ts] for ts in THRESHOLDS)
-            sweeps.append(Sweep(base.family, peers(up), peers(down), priority=1 if k < 3 else 3))
+            cache_dit.append(Sweep(base.family, peers(up), peers(down), priority=1 if k < 3 else 3))
+        basic = [s for s in cache_dit if s.priority == 1]
+        sweeps = [s for pair in itertools.zip_longest(ours, basic) for s in pair if s is not None]
+        sweeps += [s for s in cache_dit if s.priority > 1]
         sweeps += [Sweep(m.family, peers([CacheDiTPeer(m)]), priority=4) for m in cache_dit_masks(warmup)]
         fbc = [peers([DiffusersPeer("fbc", t) for t in ts]) for ts in FBC_THRESHOLDS]
         taylor = [peers([DiffusersPeer("taylorseer", n) for n in ns]) for ns in TAYLORSEER_INTERVALS]
@@ -343,7 +365,7 @@ class Bench:
         if self.args.quick:  # the smoke run: one family of each source, a few points
             keep = {"fora", "dbcache", "teacache", "diffusers FirstBlockCache", cache_dit_families(warmup)[2].family}
             sweeps = [Sweep(s.family, s.harsher[:3], priority=s.priority) for s in sweeps if s.family in keep]
-        return sweeps
+        return sorted(sweeps, key=lambda s: 0 if s.priority <= 1 else s.priority)
 
     def ours(self, config, spec: dict, family: str) -> Point:
         default = spec == {"name": family}
@@ -497,10 +519,12 @@ class Bench:
     def write(self) -> None:
         RESULTS.mkdir(exist_ok=True)
         output = Path(self.args.output)
+        self.load.append(os.getloadavg()[1])
         goals = goal_lines(self.rows, self.settings)
         output.write_text(to_markdown(self, goals))
         meta = {
             "args": vars(self.args),
+            "load": self.load,
             "minutes": self.elapsed() / 60,
             "goals": goals,
             "refusals": self.refusals,
@@ -692,7 +716,8 @@ def to_markdown(bench: Bench, goals: list[str]) -> str:
         "",
         f"One run of `python benchmarks/caching.py{' --quick' if args.quick else ''} --per-class {args.per_class} "
         f"--pairs {args.pairs} --budget-minutes {args.budget_minutes:g}` ({bench.elapsed() / 60:.0f} minutes; torch on "
-        f"1 thread of a 2-core machine shared with other jobs). Each setting's workload — {images} images, "
+        f"1 thread of a 2-core machine shared with other jobs: 5-minute load average {min(bench.load):.1f}–"
+        f"{max(bench.load):.1f} during the run). Each setting's workload — {images} images, "
         f"{args.per_class} of every digit, in one batch, fixed seeds (digits-dit: class labels, guidance 4; "
         "digits-flow: the checkpoint's example prompts, its default guidance) — is both the fidelity and the "
         "timing workload.",
@@ -777,6 +802,8 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.set_ylabel("PSNR vs uncached (dB)")
         ax.set_ylim(20, 50)
         ax.grid(alpha=0.3)
+    for ax in axes.flat[len(settings) :]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
