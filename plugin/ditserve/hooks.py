@@ -16,9 +16,9 @@ Three things in diffusers 0.42's registry need care, and these functions take it
 - A registry caches the list of registries below it (`_get_child_registries`), which
   `diffusers.hooks.hooks._set_cache_context` walks to hand stateful hooks their cache context. A
   registry created below after that list was built is missing from it, and its hooks then fail with "No
-  cache context is set". `add_hook` and `remove_hook` clear those lists on every registry under the
-  root they are given; code that registers hooks through a diffusers `apply_*` function calls
-  `registries_changed` after it.
+  cache context is set". `add_hook` clears those lists on every registry under the root it is given
+  when it creates a registry (a registry, once made, stays: removing hooks changes no list); code that
+  registers hooks through a diffusers `apply_*` function calls `registries_changed` after it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def add_hook(root: nn.Module, module: nn.Module, hook, name: str) -> None:
     """Register `hook` (a diffusers `ModelHook`) as `name` on `module`, a submodule of `root` (or `root`)."""
     from diffusers.hooks import HookRegistry
 
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-    registries_changed(root)
+    if not hasattr(module, "_diffusers_hook"):  # a new registry: the registries above must find it
+        HookRegistry.check_if_exists_or_initialize(module)
+        registries_changed(root)
+    module._diffusers_hook.register_hook(hook, name)
 
 
 def remove_hook(root: nn.Module, name: str) -> None:
@@ -49,7 +51,6 @@ def remove_hook(root: nn.Module, name: str) -> None:
             outer.original_forward, outer.forward = outer.forward, outer_forward
         if not registry.hooks and getattr(module.__dict__.get("forward"), "__func__", None) is type(module).forward:
             del module.forward  # the last hook is gone: the module runs its class's own `forward` again
-    registries_changed(root)
 
 
 def hook_names(root: nn.Module) -> dict[str, list[str]]:

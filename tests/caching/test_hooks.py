@@ -34,6 +34,31 @@ def cached_loop(name: str) -> FamilyLoop:
     return loop
 
 
+INPUTS = {
+    "sd3": lambda: {
+        "hidden_states": torch.randn(2, 4, 8, 8),
+        "encoder_hidden_states": torch.randn(2, 5, 32),
+        "pooled_projections": torch.randn(2, 32),
+    },
+    "pixart": lambda: {
+        "hidden_states": torch.randn(2, 4, 8, 8),
+        "encoder_hidden_states": torch.randn(2, 5, 32),
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    },
+}
+
+
+def bare(family: str):
+    """A tiny transformer of `family` behind its adapter, with no hooks at all (no counters), and inputs."""
+    from ditserve.models import get_adapter
+    from ditserve.models.base import LoadedModel
+
+    transformer = FAMILIES[family]()
+    model = LoadedModel(get_adapter(family), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
+    torch.manual_seed(1)
+    return model, {**INPUTS[family](), "timestep": torch.full((2,), 500.0)}
+
+
 @pytest.mark.parametrize(("first", "second"), list(permutations(ON_ONE_MODEL, 2)))
 def test_removing_the_inner_of_two_caches_leaves_the_outer_working_and_then_the_model_as_loaded(first, second):
     unit = ON_ONE_MODEL[second][1]
@@ -54,17 +79,8 @@ def test_removing_the_inner_of_two_caches_leaves_the_outer_working_and_then_the_
 
 @pytest.mark.parametrize("order", ["first on, first off", "first on, last off"])
 def test_two_caches_on_a_bare_model_come_off_in_either_order_to_the_model_as_loaded(order):
-    from ditserve.models import get_adapter
-    from ditserve.models.base import LoadedModel
-
-    transformer = FAMILIES["sd3"]()
-    model = LoadedModel(get_adapter("sd3"), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
-    inputs = {
-        "hidden_states": torch.randn(2, 4, 8, 8),
-        "encoder_hidden_states": torch.randn(2, 5, 32),
-        "pooled_projections": torch.randn(2, 32),
-        "timestep": torch.full((2,), 500.0),
-    }
+    model, inputs = bare("sd3")
+    transformer = model.transformer
     with torch.inference_mode():
         plain = transformer(**inputs, return_dict=False)[0]
         caches = [cache("fora"), cache("fbcache")]
@@ -77,12 +93,22 @@ def test_two_caches_on_a_bare_model_come_off_in_either_order_to_the_model_as_loa
         assert torch.equal(transformer(**inputs, return_dict=False)[0], plain)
 
 
+def test_diffusers_hooks_on_modules_that_had_no_registry_get_their_cache_context():
+    """diffusers' transformer registry remembers which registries lie below it; PixArt's blocks had none
+    while PAB ran (only attention layers did), so without a refresh FBCache's would get no cache context."""
+    model, inputs = bare("pixart")
+    with torch.inference_mode():
+        for name in ("pab", "fbcache"):
+            each = cache(name)
+            each.apply(model)
+            model.transformer(**inputs, return_dict=False)
+            each.remove()
+
+
 def test_a_counter_installed_under_a_cache_would_count_skipped_blocks_so_it_refuses():
     from ditserve.counters import BlockCounter
-    from ditserve.models import get_adapter
-    from ditserve.models.base import LoadedModel
 
-    model = LoadedModel(get_adapter("sd3"), FAMILIES["sd3"](), {}, Path("."), torch.device("cpu"), torch.float32)
+    model, _ = bare("sd3")
     cache("fora").apply(model)
     with pytest.raises(ValueError, match="before any other hook"):
         BlockCounter(model)
