@@ -135,16 +135,19 @@ class Scheduler:
         timeout_s: float | None = None,
         on_progress: Callable[[Update], None] | None = None,
         preview_every: int = 0,
+        deadline: bool = True,
     ) -> Ticket:
         """Validate and admit a request; raises `RequestError`, `QueueFull` or `ShuttingDown`.
 
-        The deadline is the earlier of `timeout_s` from now and the model's `limits.timeout_s`.
+        The deadline is the earlier of `timeout_s` from now and the model's `limits.timeout_s`;
+        `deadline=False` (the server's own warm-up) has none, so a slow machine still becomes ready.
         """
         job = self.engine.validate(request)
         if request.seed is None:  # fix the drawn seed, so the result names the seeds that made it
             request = request.model_copy(update={"seed": job.seeds[0]})
         limit = self.limits.timeout_s if timeout_s is None else min(timeout_s, self.limits.timeout_s)
-        ticket = Ticket(request, job, time.monotonic() + limit, on_progress, max(0, preview_every))
+        expires = time.monotonic() + limit if deadline else None
+        ticket = Ticket(request, job, expires, on_progress, max(0, preview_every))
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")

@@ -129,6 +129,17 @@ def test_cancel_and_deadline_stop_within_one_step(engine):
         scheduler.close(30)
 
 
+def test_the_servers_warm_up_has_no_deadline(engine):
+    """A warm-up slower than `limits.timeout_s` (a busy machine) must still finish, or the server never gets ready."""
+    scheduler = make(engine, batch_wait_ms=0.0, timeout_s=0.05)
+    try:
+        with pytest.raises(Cancelled, match="deadline"):
+            scheduler.submit(req(1, steps=200)).result(30)
+        assert scheduler.submit(req(1, steps=200), deadline=False).result(60).stats.steps == 200
+    finally:
+        scheduler.close(30)
+
+
 def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engine):
     """asyncio's `wrap_future` cancels the ticket's future when the awaiting task is cancelled (a gRPC client
     past its deadline); the request must still leave the queue count, or every such request leaks a place."""

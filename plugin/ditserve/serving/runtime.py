@@ -136,7 +136,7 @@ class Runtime:
         engine = self.engine
         subject = {"class_label": 0} if engine.adapter.conditioning == "class" else {"prompt": "warm-up"}
         for _ in range(self.warmup_rounds):
-            self.scheduler.submit(GenerationRequest(**subject, seed=0)).result()
+            self.scheduler.submit(GenerationRequest(**subject, seed=0), deadline=False).result()
 
     # -- requests -----------------------------------------------------------------------------------
 
