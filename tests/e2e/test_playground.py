@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -43,17 +44,18 @@ def test_generate_shows_previews_and_the_image(server, browser):
     browser.find_element(By.ID, "prompt").send_keys("label3")
     steps = browser.find_element(By.ID, "steps")
     steps.clear()
-    steps.send_keys("6")
+    steps.send_keys("30")
     preview = browser.find_element(By.ID, "preview")
     preview.clear()
-    preview.send_keys("3")
+    preview.send_keys("15")
     wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, '#cache option[value="fora"]'))
     Select(browser.find_element(By.ID, "cache")).select_by_value("fora")  # the server allows none and fora
     browser.find_element(By.ID, "generate").click()
     image = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#result img.result")))
     wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 8
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#previews img")) == 2  # steps 3 and 6
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#previews img")) == 2  # steps 15 and 30
     progress = browser.find_element(By.ID, "progress").text
-    assert "step 6 / 6" in progress and "4 of 12 blocks computed" in progress  # fora (interval 3) ran
+    computed = re.search(r"(\d+) of 60 blocks computed", progress)
+    assert "step 30 / 30" in progress and computed and int(computed.group(1)) < 60  # fora ran and skipped
     assert browser.find_element(By.ID, "error").text == ""
