@@ -10,7 +10,14 @@ parsed (comments are lost).
 A strategy supplies only what it records (a `Recorder`: hooks it attaches to the model, and/or a
 sampler that runs the loop in the plan sampler's place) and how it fits the result; the requests,
 the loop, the conditioning and guidance are the engine's, so a calibration sees the model exactly as
-serving runs it.
+serving runs it. The contract per registry:
+
+- sampler and cache: a classmethod `calibrate(engine, samples, settings, directory) -> fields` that calls
+  `record(engine, recorder, samples)` (a sampler with a `SamplerRecorder`; a cache with a recorder that
+  applies a recording cache in `attach`, runs `one_at_a_time` and resets it in `start_request`), fits, and
+  writes any file it needs into `directory` (the YAML's folder);
+- quantizer: a method `calibrate(engine) -> tensors`, on `quantizer_engine` (unquantized, uncached); the
+  tensors are stored as safetensors and named in `plan.quant.calibration`.
 """
 
 from __future__ import annotations
