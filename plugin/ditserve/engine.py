@@ -210,7 +210,7 @@ class Front:
             spec = {**plan.model_dump(), **spec}
         registry = SAMPLERS if section == "sampler" else CACHES
         try:
-            return registry.parse(spec, section)
+            return registry.parse(spec, section, strict=True)
         except ConfigError as err:
             raise RequestError(section, "; ".join(err.problems)) from None
 

@@ -178,10 +178,11 @@ class Registry(Generic[S]):
         """(name, class) of every strategy, sorted: imports them all (for listings)."""
         return iter([(name, self.get(name)) for name in self.names()])
 
-    def parse(self, spec: Any, where: str) -> StrategyConfig:
+    def parse(self, spec: Any, where: str, strict: bool = False) -> StrategyConfig:
         """Validate a `{name: ..., field: ...}` mapping into the named strategy's config.
 
-        `where` is the dotted path of the mapping in the model config, used in error messages.
+        `where` is the dotted path of the mapping in the model config, used in error messages; `strict`
+        (a client's per-request override) refuses strings and bools where numbers belong.
         """
         if isinstance(spec, StrategyConfig):
             spec = spec.model_dump()
@@ -194,7 +195,7 @@ class Registry(Generic[S]):
             cls = self.get(name)
         except RegistryError as err:
             raise ConfigError([f"{where}.name: {err}"]) from None
-        return validate_model(cls.Config, {**spec, "name": name}, where, f"{self.kind} {name!r}")
+        return validate_model(cls.Config, {**spec, "name": name}, where, f"{self.kind} {name!r}", strict)
 
     # -- third-party plugins ----------------------------------------------------------------------
 

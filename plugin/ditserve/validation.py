@@ -6,6 +6,7 @@ wherever it comes from, names the field by its dotted path, and lists the allowe
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -13,9 +14,14 @@ from pydantic import BaseModel, ValidationError
 from ditserve.errors import ConfigError
 
 
-def validate_model(model: type[BaseModel], data: Any, where: str = "", what: str = "") -> Any:
-    """`model.model_validate(data)`, with errors rewritten as `ConfigError` sentences under `where`."""
+def validate_model(model: type[BaseModel], data: Any, where: str = "", what: str = "", strict: bool = False) -> Any:
+    """`model.model_validate(data)`, with errors rewritten as `ConfigError` sentences under `where`.
+
+    `strict` validates `data` as the JSON a client sent, in pydantic's strict mode: no string or bool
+    where a number belongs, while JSON's own conversions (an array for a tuple, an int for a float) stay."""
     try:
+        if strict:
+            return model.model_validate_json(json.dumps(data, allow_nan=False), strict=True)
         return model.model_validate(data)
     except ValidationError as err:
         prefix = f"{where}." if where else ""

@@ -86,3 +86,13 @@ def test_the_scheduler_batches_only_requests_with_the_same_plan(engine):
         assert cached.stats.block_evaluations == 4 and plain_a.stats.block_evaluations == 12
     finally:
         scheduler.close(30)
+
+
+@pytest.mark.parametrize("steps", ["20", True, 20.5])
+def test_an_override_field_of_the_wrong_json_type_is_refused_not_coerced(engine, steps):
+    """A client's override is checked as strictly as the request's own fields: "20" or true is no step count."""
+    with pytest.raises(RequestError, match="steps.*valid integer") as err:
+        engine.validate(req(sampler={"name": "ddim", "steps": steps}))
+    assert err.value.field == "sampler"
+    assert engine.validate(req(sampler={"name": "ddim", "steps": 20})).steps == 20
+
