@@ -101,7 +101,7 @@ class CacheBattery:
 
     def test_registered_with_a_documented_validated_config(self):
         cls = CACHES.get(self.name)
-        doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").lower()
+        doc = " ".join((__import__(cls.__module__, fromlist=["_"]).__doc__ or "").lower().split())  # unwrapped
         assert "arxiv" in doc or "github" in doc, "the module docstring cites the paper or the code it follows"
         assert "per batch" in doc or "per sample" in doc, "the docstring says whether decisions are per sample"
         for field, info in cls.Config.model_fields.items():
