@@ -144,8 +144,7 @@ def weight_gb(module: torch.nn.Module) -> float:
 
 def intervals(stamps: list[float]) -> dict:
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:]  # the first interval warms
-    mean = (stamps[-1] - stamps[1]) / len(gaps)  # every step alike, cached or not
-    return {"s_per_step": statistics.median(gaps), "mean_s_per_step": mean, "spread": [min(gaps), max(gaps)]}
+    return {"s_per_step": statistics.median(gaps), "spread": [min(gaps), max(gaps)]}
 
 
 def run_engine(engine, steps: int, height: int, width: int, *, cache=None, images: int = 1, seed: int = 0) -> dict:
@@ -169,7 +168,9 @@ def run_engine(engine, steps: int, height: int, width: int, *, cache=None, image
     stats = engine.generate(request, on_progress=on_progress).stats
     row = intervals(stamps)
     row |= {
-        "denoise_s": stamps[-1] - stamps[0],  # steps 2..n (the first step's start is not stamped)
+        "mean_s_per_step": stats.seconds["denoise"] / steps,  # every step alike, cached or computed
+        "denoise_s": stats.seconds["denoise"],  # the whole loop, every step (the last one synchronised)
+        "denoise_steps": "all",
         "block_ratio": stats.block_evaluations / max(stats.block_evaluations_full, 1),
         "peak_gb": weight_gb(engine.model.transformer) + (peak_allocated() - before) / 2**30,
     }
@@ -201,7 +202,7 @@ def run_pipeline(pipe, steps: int, height: int, width: int, guidance: float, **e
             output_type="latent",
             **extra,
         )
-    return intervals(stamps) | {"block_ratio": 1.0, "peak_gb": 0.0, "denoise_s": stamps[-1] - stamps[0]}
+    return intervals(stamps) | {"block_ratio": 1.0, "peak_gb": 0.0, "denoise_s": 0.0, "mean_s_per_step": 0.0}
 
 
 def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -452,6 +453,10 @@ def section_others(results: dict, budget: Budget) -> None:
 # -- report ---------------------------------------------------------------------------------------------
 
 
+def gb(value: float) -> str:
+    return f"{value:.1f}" if value else "–"  # not measured (diffusers' own loop)
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return "–" if not a or not b else f"{a / b:.2f}×"
 
@@ -497,7 +502,7 @@ def report(results: dict) -> tuple[str, str]:
             psnr_text = f"{row['psnr_db']:.1f}" if "psnr_db" in row else ""
             spread = f"{row['spread'][0]:.4f}–{row['spread'][1]:.4f}" if key == "s_per_step" else "(mean)"
             lines.append(
-                f"| {name} | {row[key]:.4f} | {spread} | {ratio(reference, row[key])} | {row['peak_gb']:.1f} | "
+                f"| {name} | {row[key]:.4f} | {spread} | {ratio(reference, row[key])} | {gb(row['peak_gb'])} | "
                 f"{row['block_ratio']:.2f} | {psnr_text} | {row.get('path') or ''} |"
             )
         for key in ("compile_load_s", "fp8 compile_load_s"):
@@ -505,12 +510,16 @@ def report(results: dict) -> tuple[str, str]:
                 lines.append(f"\n{key.replace('_', ' ')}: {flux[key]:.0f} s (build + compile + warm-up request)")
         if "fora interval 5, 15 steps" in flux:
             none15, fora = flux["engine none, 15 steps"], flux["fora interval 5, 15 steps"]
-            wall = none15["denoise_s"] / fora["denoise_s"]
-            predicted = 1 / fora["block_ratio"]
+            wall, ratio_ = none15["denoise_s"] / fora["denoise_s"], fora["block_ratio"]
+            if fora.get("denoise_steps") == "all":
+                predicted, window = 1 / ratio_, f"all {CACHE_STEPS} steps"
+            else:  # an earlier version timed steps 2..n; the first step computes every block under any cache
+                predicted = (CACHE_STEPS - 1) / (ratio_ * CACHE_STEPS - 1)
+                window = f"steps 2–{CACHE_STEPS} (the first step computes every block in both runs)"
             lines.append(
-                f"\nFORA interval 5, 15 steps: wall speedup {wall:.2f}× over the denoising loop, block ratio "
-                f"{fora['block_ratio']:.2f} (prediction {predicted:.2f}×): {100 * wall / predicted:.0f}% of "
-                "the prediction."
+                f"\nFORA interval 5, {CACHE_STEPS} steps: wall speedup {wall:.2f}× over {window}, against the "
+                f"{predicted:.2f}× that the blocks computed there predict (block ratio {ratio_:.2f} over the whole "
+                f"request): {100 * wall / predicted:.0f}% of the prediction."
             )
             results["cache_efficiency"] = wall / predicted
         lines.append("")
@@ -561,13 +570,18 @@ def report(results: dict) -> tuple[str, str]:
                 psnr_text = f"{row['psnr_db']:.1f}" if "psnr_db" in row else ""
                 lines.append(
                     f"| {label} | {row['s_per_step']:.4f} | {row['spread'][0]:.4f}–{row['spread'][1]:.4f} | "
-                    f"{ratio(base, row['s_per_step'])} | {row['peak_gb']:.1f} | {psnr_text} | "
+                    f"{ratio(base, row['s_per_step'])} | {gb(row['peak_gb'])} | {psnr_text} | "
                     f"{row.get('path') or ''} |"
                 )
         lines.append("")
     goals = goal_rows(results)
     lines += ["## Goals (floors)", "", "| goal | floor | measured | result |", "|---|---|---|---|"]
     lines += [f"| {g} | {GOALS[g]} | {m} | {r} |" for g, m, r in goals]
+    if results.get("runs"):
+        lines += [
+            "",
+            "Sections by run (a later run's section replaces an earlier one's): " + "; ".join(results["runs"]),
+        ]
     if results["skipped"]:
         lines += ["", "Skipped for time: " + "; ".join(results["skipped"])]
     if results["errors"]:
@@ -661,13 +675,38 @@ def write(results: dict, budget: Budget, out: Path) -> tuple[str, str]:
     return markdown, short
 
 
+def render(files: list[Path], out: Path) -> None:
+    """gpu.md from the results of several runs of this script: each top-level section (flux, digits, tokens,
+    others) from the last file that has it; the report names the run each came from."""
+    results: dict = {"skipped": [], "errors": [], "runs": []}
+    for index, file in enumerate(files, 1):
+        run = json.loads(file.read_text())
+        sections = [key for key in ("flux", "digits", "tokens", "others") if run.get(key)]
+        results |= {key: run[key] for key in sections}
+        results["environment"] = run["environment"]
+        results["runs"].append(f"run {index} ({file.name}, {run['environment']['seconds']:.0f} s): "
+                               f"{', '.join(sections)}")  # fmt: skip
+    for index, file in enumerate(files, 1):  # what the last run of each section skipped or failed
+        run = json.loads(file.read_text())
+        results["skipped"] += [f"run {index}: {item}" for item in run.get("skipped", [])]
+        results["errors"] += [f"run {index}: {item}" for item in run.get("errors", [])]
+    markdown, short = report(results)
+    (out / "gpu.md").write_text(markdown)
+    print(short)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--budget", type=float, default=390.0, help="seconds; later sections are skipped past it")
     parser.add_argument("--sections", default="flux,fp8,compiled,digits,fp8c,tokens,others")
     parser.add_argument("--tiny", action="store_true", help="the tiny architectures on the CPU: checks the script")
+    parser.add_argument("--render", type=Path, nargs="+", help="write gpu.md from earlier runs' gpu.json files "
+                        "(no measurement); a later file's sections replace an earlier one's")  # fmt: skip
     args = parser.parse_args()
+    if args.render:
+        render(args.render, args.out)
+        return
     if args.tiny:
         Setting.tiny, Setting.device, Setting.dtype = True, "cpu", "float32"
     budget = Budget(args.budget)
