@@ -14,10 +14,11 @@ def save_tiny_dit(
     prediction_type: str = "epsilon",
     head_dim: int = 8,
     sample_size: int = 8,
+    num_layers: int = 2,
     edit=None,
 ):
-    """A random 2-block DiT checkpoint directory in diffusers' layout (optionally a latent one with a VAE);
-    `edit(transformer)` may change the weights before they are saved."""
+    """A random DiT checkpoint directory (2 blocks unless told) in diffusers' layout (optionally a latent one
+    with a VAE); `edit(transformer)` may change the weights before they are saved."""
     import json
 
     import torch
@@ -30,7 +31,7 @@ def save_tiny_dit(
         attention_head_dim=head_dim,
         in_channels=in_channels,
         out_channels=2 * in_channels if with_vae else in_channels,  # real DiT checkpoints learn sigma too
-        num_layers=2,
+        num_layers=num_layers,
         sample_size=sample_size,
         patch_size=2,
         num_embeds_ada_norm=10,

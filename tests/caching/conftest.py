@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from ditserve_testing import (
+    save_tiny_dit,
     tiny_flux_transformer,
     tiny_pixart_transformer,
     tiny_sd3_transformer,
@@ -16,32 +17,14 @@ from ditserve_testing import (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+def one_thread(one_thread):
+    """Every cache test runs torch on one core: the root conftest's fixture, made automatic here."""
 
 
 @pytest.fixture(scope="session")
 def dit4_dir(tmp_path_factory):
     """A random 4-block class-conditional DiT checkpoint (pixel space, 8x8, one channel)."""
-    import json
-
-    from diffusers import DDPMScheduler, DiTTransformer2DModel
-
-    path = tmp_path_factory.mktemp("dit4")
-    torch.manual_seed(0)
-    DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=1,
-        out_channels=1,
-        num_layers=4,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-    ).save_pretrained(path / "transformer")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(path / "scheduler")
-    (path / "labels.json").write_text(json.dumps({"id2label": {str(i): f"label{i}" for i in range(10)}}))
-    return path
+    return save_tiny_dit(tmp_path_factory.mktemp("dit4"), num_layers=4)
 
 
 @pytest.fixture(scope="session")
