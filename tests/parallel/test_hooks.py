@@ -43,3 +43,21 @@ def test_stage_and_cfg_hooks_come_off_in_any_order(tiny_dit_dir, stages_first):
             assert torch.equal(call(), loaded)
         assert not {STAGES_HOOK, CFG_SPLIT_HOOK} & hook_names(model)
         assert calls == ([1] if stages_first else [1, 1])  # the stage hook runs while it is on, and only then
+
+
+def test_a_cache_installed_over_the_stage_hooks_keeps_skipping_after_they_come_off(tiny_dit_dir):
+    """diffusers' own `remove_hook` relinks the chain through the next hook's `forward`, which for a hook that
+    may skip its module (a cache's) switches that hook off; the runners remove theirs through ditserve.hooks."""
+    from ditserve.request import GenerationRequest
+
+    engine = engine_for(tiny_dit_dir, sampler={"name": "ddim", "steps": 6})
+    request = GenerationRequest(class_label=3, seed=1, cache={"name": "fora", "interval": 3})
+    alone = engine.generate(request)
+    take_over(engine.model, Group([0], None, 0), lambda hidden, run: run(hidden))
+    with engine._cache_for(engine.validate(request).cache) as cache:  # the cache hooks over the stage hooks
+        give_back(engine.model)
+        with torch.inference_mode():
+            cache.reset()
+            images, stats = engine._run([engine.validate(request)], None, None, None)
+    assert stats.block_evaluations == alone.stats.block_evaluations < stats.block_evaluations_full
+    assert torch.equal(images, alone.images)

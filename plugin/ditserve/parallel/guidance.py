@@ -16,7 +16,9 @@ sharding, caches, counters) sees only this rank's rows.
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
+
+from ditserve.hooks import add_hook, remove_hook
 
 CFG_SPLIT_HOOK = "ditserve.cfg_split"
 
@@ -53,8 +55,8 @@ class CFGSplitHook(ModelHook):
 
 def apply_cfg_split(transformer: torch.nn.Module, group, comm) -> None:
     """Make `transformer` compute only this rank's rows of `group` in every call (undo: `remove_cfg_split`)."""
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(CFGSplitHook(group, comm), CFG_SPLIT_HOOK)
+    add_hook(transformer, transformer, CFGSplitHook(group, comm), CFG_SPLIT_HOOK)
 
 
 def remove_cfg_split(transformer: torch.nn.Module) -> None:
-    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(CFG_SPLIT_HOOK, recurse=False)
+    remove_hook(transformer, CFG_SPLIT_HOOK)

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from ditserve.errors import PlanError, RequestError
+from ditserve.hooks import add_hook, remove_hook
 from ditserve.models.base import block_argument
 
 STAGEABLE_FAMILIES = ("dit", "pixart")
@@ -102,18 +103,17 @@ def take_over(model, group, step: Step) -> None:
     per = len(blocks) // group.size
     hooks = [PassThroughHook() for _ in blocks]
     for block, hook in list(zip(blocks, hooks, strict=True))[1:]:
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, STAGES_HOOK)
+        add_hook(model.transformer, block, hook, STAGES_HOOK)
     mine = hooks[group.rank * per : (group.rank + 1) * per]
     stage = StageHook(step, mine)
     if group.rank == 0:
         mine[0] = stage  # block 0's forward beneath the stage hook
-    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(stage, STAGES_HOOK)
+    add_hook(model.transformer, blocks[0], stage, STAGES_HOOK)
 
 
 def give_back(model) -> None:
     """Remove `take_over`'s hooks: every block computes its own input again."""
-    for block in model.adapter.block_groups(model.transformer)[0].blocks:
-        HookRegistry.check_if_exists_or_initialize(block).remove_hook(STAGES_HOOK, recurse=False)
+    remove_hook(model.transformer, STAGES_HOOK)
 
 
 def _with_hidden(x: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
