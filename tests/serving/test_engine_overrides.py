@@ -95,4 +95,3 @@ def test_an_override_field_of_the_wrong_json_type_is_refused_not_coerced(engine,
         engine.validate(req(sampler={"name": "ddim", "steps": steps}))
     assert err.value.field == "sampler"
     assert engine.validate(req(sampler={"name": "ddim", "steps": 20})).steps == 20
-
