@@ -32,7 +32,7 @@ from ditserve.registry import CACHES
 
 class LearningToCacheConfig(CacheConfig):
     name: Literal["learning-to-cache"] = "learning-to-cache"
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float = Field(0.1, ge=0.0, le=1.0)
     """A block whose learned router value at a step is below this reuses its residual there."""
     schedule: str | None = None
     """Path of the learned router (JSON); written by `ditserve calibrate --cache learning-to-cache`."""

@@ -34,7 +34,7 @@ from ditserve.registry import CACHES
 
 class TeaCacheConfig(CacheConfig):
     name: Literal["teacache"] = "teacache"
-    threshold: float = Field(0.1, ge=0.0, le=100.0)
+    threshold: float = Field(0.05, ge=0.0, le=100.0)
     """Reuse the cache while the accumulated, rescaled input change stays below this."""
     coefficients: list[float] | None = Field(None, min_length=1, max_length=8)
     """Polynomial (highest power first) mapping the modulated input's change to the output's;
