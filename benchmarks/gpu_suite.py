@@ -220,6 +220,18 @@ def alternate(runs: dict, rounds: int) -> dict:
     return rows
 
 
+def side_by_side(first, second, size: int) -> tuple[dict, dict]:
+    """Two engines' `STEPS`-step runs at `size`², alternating for 3 rounds: each one's median row."""
+    rows = alternate(
+        {
+            "first": functools.partial(run_engine, first, STEPS, size, size),
+            "second": functools.partial(run_engine, second, STEPS, size, size),
+        },
+        rounds=3,
+    )
+    return median_row(rows["first"]), median_row(rows["second"])
+
+
 def median_row(rows: list[dict]) -> dict:
     rows = rows[1:] if len(rows) > 1 else rows  # drop the warm-up round
     keys = ("s_per_step", "mean_s_per_step", "block_ratio", "peak_gb")
@@ -281,16 +293,8 @@ def section_compiled(results: dict, budget: Budget) -> None:
     compiled = engine_for(FLUX, "flux", 3.5, compile="regional")
     flux["compile_load_s"] = time.perf_counter() - started
     results["_engines"]["compiled"] = compiled
-    eager = results["_engines"]["eager"]
-    rows = alternate(
-        {
-            "none": functools.partial(run_engine, eager, STEPS, size, size),
-            "regional": functools.partial(run_engine, compiled, STEPS, size, size),
-        },
-        rounds=3,
-    )
-    flux["engine none (beside compiled)"] = median_row(rows["none"])
-    flux["compile regional"] = median_row(rows["regional"])
+    pair = side_by_side(results["_engines"]["eager"], compiled, size)
+    flux["engine none (beside compiled)"], flux["compile regional"] = pair
     flux["compile regional"]["psnr_db"] = psnr(flux["engine none"]["latents"], flux["compile regional"]["latents"])
     flux["compile regional + fora"] = median_row(
         [run_engine(compiled, CACHE_STEPS, size, size, cache=CACHE) for _ in range(2)]
@@ -307,16 +311,8 @@ def section_fp8_compiled(results: dict, budget: Budget) -> None:
     started = time.perf_counter()
     fp8c = engine_for(FLUX, "flux", 3.5, quant={"name": "fp8"}, compile="regional")
     flux["fp8 compile_load_s"] = time.perf_counter() - started
-    compiled = results["_engines"]["compiled"]
-    rows = alternate(
-        {
-            "bf16": functools.partial(run_engine, compiled, STEPS, size, size),
-            "fp8": functools.partial(run_engine, fp8c, STEPS, size, size),
-        },
-        rounds=3,
-    )
-    flux["compile regional (beside fp8)"] = median_row(rows["bf16"])
-    flux["fp8 + compile regional"] = median_row(rows["fp8"])
+    pair = side_by_side(results["_engines"]["compiled"], fp8c, size)
+    flux["compile regional (beside fp8)"], flux["fp8 + compile regional"] = pair
     reference = flux["engine none"]["latents"]
     flux["fp8 + compile regional"]["psnr_db"] = psnr(reference, flux["fp8 + compile regional"]["latents"])
 
