@@ -110,6 +110,8 @@ if triton_importable():
     import triton
     import triton.language as tl
 
+    from ditserve_kernels._tiles import load_rows, store_rows
+
     @triton.jit
     def _sage_kernel(
         q_ptr,  # int8 (B·H, Sq, D) contiguous, softmax scale folded into its block scales
@@ -137,11 +139,7 @@ if triton_importable():
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        q = tl.load(
-            q_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
-            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
-            other=0,
-        )
+        q = load_rows(q_ptr + bh * Sq * D, offs_m, offs_d, Sq, D)
         # The row's scale (Q's, times K's when K has one per tile, times log2 e for exp2) is applied inside the
         # exponent, one fused multiply-add per score, and to the row maximum (scales are positive, so
         # max(x·s) = s·max(x)); per-token K scales cost one more multiply per score.
@@ -181,11 +179,7 @@ if triton_importable():
         if PV_FP8:
             v_scale = tl.load(v_scale_ptr + bh * D + offs_d, mask=offs_d < D, other=0.0)
             out = out * (v_scale[None, :] / 448.0)
-        tl.store(
-            out_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
-        )
+        store_rows(out_ptr + bh * Sq * D, offs_m, offs_d, Sq, D, out)
 
 
 def sage_attention_triton(

@@ -64,6 +64,8 @@ if triton_importable():
     import triton
     import triton.language as tl
 
+    from ditserve_kernels._tiles import load_rows, load_rows_transposed, online_softmax, store_rows
+
     @triton.jit
     def _sparse_kernel(
         q_ptr,  # (B·H, Sq, D) contiguous
@@ -86,40 +88,18 @@ if triton_importable():
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        q = tl.load(
-            q_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
-            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
-            other=0.0,
-        )
+        q = load_rows(q_ptr + bh * Sq * D, offs_m, offs_d, Sq, D)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for j in range(0, n_keep):
             kn = tl.load(index_ptr + (bh * n_qblk + pid_m) * n_keep + j) * BLOCK_N + offs_n
-            k = tl.load(
-                k_ptr + bh * Sk * D + kn[None, :] * D + offs_d[:, None],
-                mask=(kn[None, :] < Sk) & (offs_d[:, None] < D),
-                other=0.0,
-            )
+            k = load_rows_transposed(k_ptr + bh * Sk * D, kn, offs_d, Sk, D)
             s = tl.dot(q, k).to(tl.float32) * qk_scale
-            s = tl.where(kn[None, :] < Sk, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(
-                v_ptr + bh * Sk * D + kn[:, None] * D + offs_d[None, :],
-                mask=(kn[:, None] < Sk) & (offs_d[None, :] < D),
-                other=0.0,
-            )
+            p, alpha, m_i, l_i = online_softmax(tl.where(kn[None, :] < Sk, s, float("-inf")), m_i, l_i)
+            v = load_rows(v_ptr + bh * Sk * D, kn, offs_d, Sk, D)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-            m_i = m_new
-        out = acc / l_i[:, None]
-        tl.store(
-            out_ptr + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D),
-        )
+        store_rows(out_ptr + bh * Sq * D, offs_m, offs_d, Sq, D, acc / l_i[:, None])
 
 
 def block_sparse_attention_triton(

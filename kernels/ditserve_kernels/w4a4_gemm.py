@@ -74,6 +74,8 @@ if triton_importable():
     import triton
     import triton.language as tl
 
+    from ditserve_kernels._tiles import grouped_tile
+
     @triton.autotune(
         configs=autotune_configs(
             [
@@ -107,14 +109,7 @@ if triton_importable():
         BLOCK_N: tl.constexpr,
         GROUP_M: tl.constexpr,  # output tiles grouped along M for L2 reuse of weight tiles
     ):
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        per_group = GROUP_M * num_pid_n
-        first_m = (pid // per_group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % group_m
-        pid_n = (pid % per_group) // group_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
         HALF: tl.constexpr = GROUP // 2
         half_k = K // 2
