@@ -3,15 +3,19 @@
 Triton runs on CUDA tensors, and on CPU tensors only under the interpreter (`TRITON_INTERPRET=1`,
 read by Triton when it is imported, so it must be set before). Anywhere else a launch fails, so
 the custom ops fall back to the reference — which is also the definition of a kernel's right answer.
+Each kernel's op is `triton_or_reference(...)`: one custom op over the pair, with the reference's signature.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
+from collections.abc import Callable
 
 import torch
+from torch.library import infer_schema
 
 
 @functools.cache
@@ -32,6 +36,22 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     if interpreting():
         return True
     return all(t.is_cuda for t in tensors)
+
+
+def triton_or_reference(name: str, reference: Callable, launch: Callable, fake: Callable):
+    """The custom op `name` (what `torch.compile` sees as one opaque call, shaped by `fake`): `launch` runs
+    the Triton kernel where it can run, `reference` elsewhere. Its schema is the reference's signature;
+    `launch` takes the same parameters by name (and may have more, with defaults)."""
+    signature = inspect.signature(reference)
+
+    def dispatch(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        tensors = [a for a in arguments.values() if isinstance(a, torch.Tensor)]
+        return (launch if use_triton(*tensors) else reference)(**arguments)
+
+    op = torch.library.custom_op(name, dispatch, mutates_args=(), schema=infer_schema(reference, mutates_args=()))
+    op.register_fake(fake)
+    return op
 
 
 def autotune_configs(gpu_configs: list[dict], interpreter_config: dict) -> list:

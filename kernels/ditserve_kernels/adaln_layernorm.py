@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ditserve_kernels._runtime import triton_importable, use_triton
+from ditserve_kernels._runtime import triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::adaln_layernorm"
 
@@ -73,14 +73,9 @@ def adaln_layernorm_triton(
     return out
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def adaln_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm(x)·(1 + scale) + shift: Triton where it can run, the reference elsewhere."""
-    if use_triton(x):
-        return adaln_layernorm_triton(x, shift, scale, eps)
-    return adaln_layernorm_reference(x, shift, scale, eps)
-
-
-@adaln_layernorm.register_fake
-def _(x, shift, scale, eps):
+def _adaln_layernorm_fake(x, shift, scale, eps):
     return torch.empty_like(x)
+
+
+adaln_layernorm = triton_or_reference(OP_NAME, adaln_layernorm_reference, adaln_layernorm_triton, _adaln_layernorm_fake)
+"""LayerNorm(x)·(1 + scale) + shift: Triton where it can run, the reference elsewhere."""

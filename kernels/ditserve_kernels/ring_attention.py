@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ditserve_kernels._runtime import interpreting, triton_importable, use_triton
+from ditserve_kernels._runtime import interpreting, triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::attention_with_lse"
 LN2 = 0.6931471805599453
@@ -83,14 +83,11 @@ def attention_with_lse_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     return out, lse
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of `q` over one block of keys and its log-sum-exp: Triton where it can run, else the reference."""
-    if use_triton(q, k, v):
-        return attention_with_lse_triton(q, k, v)
-    return attention_with_lse_reference(q, k, v)
-
-
-@attention_with_lse.register_fake
-def _(q, k, v):
+def _attention_with_lse_fake(q, k, v):
     return q.new_empty(q.shape, dtype=torch.float32), q.new_empty((*q.shape[:-1], 1), dtype=torch.float32)
+
+
+attention_with_lse = triton_or_reference(
+    OP_NAME, attention_with_lse_reference, attention_with_lse_triton, _attention_with_lse_fake
+)
+"""Attention of `q` over one block of keys and its log-sum-exp: Triton where it can run, else the reference."""

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ditserve_kernels._runtime import interpreting, triton_importable, use_triton
+from ditserve_kernels._runtime import interpreting, triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::sage_attention_int8"
 GPU_BLOCKS = (128, 64)
@@ -221,27 +221,14 @@ def sage_attention_triton(
     return out
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def sage_attention_int8(
-    q_q: torch.Tensor,
-    q_s: torch.Tensor,
-    k_q: torch.Tensor,
-    k_s: torch.Tensor,
-    v: torch.Tensor,
-    block_m: int,
-    block_n: int,
-    out_dtype: torch.dtype,
-    pv_fp8: bool = False,
-) -> torch.Tensor:
-    """Attention over pre-quantized Q and K: Triton where it can run, the reference elsewhere."""
-    if use_triton(q_q, k_q, v):
-        return sage_attention_triton(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8=pv_fp8)
-    return sage_attention_reference(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8)
-
-
-@sage_attention_int8.register_fake
-def _(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8=False):
+def _sage_attention_int8_fake(q_q, q_s, k_q, k_s, v, block_m, block_n, out_dtype, pv_fp8=False):
     return q_q.new_empty(q_q.shape, dtype=out_dtype)
+
+
+sage_attention_int8 = triton_or_reference(
+    OP_NAME, sage_attention_reference, sage_attention_triton, _sage_attention_int8_fake
+)
+"""Attention over pre-quantized Q and K: Triton where it can run, the reference elsewhere."""
 
 
 def sage_attention(

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ditserve_kernels._runtime import interpreting, triton_importable, use_triton
+from ditserve_kernels._runtime import interpreting, triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::block_sparse_attention"
 GPU_BLOCKS = (128, 64)
@@ -127,19 +127,14 @@ def block_sparse_attention_triton(
     return out
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def block_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_index: torch.Tensor, block_m: int, block_n: int
-) -> torch.Tensor:
-    """Attention over the kept key blocks: Triton where it can run, the reference elsewhere."""
-    if use_triton(q, k, v):
-        return block_sparse_attention_triton(q, k, v, block_index, block_m, block_n)
-    return block_sparse_attention_reference(q, k, v, block_index, block_m, block_n)
-
-
-@block_sparse_attention.register_fake
-def _(q, k, v, block_index, block_m, block_n):
+def _block_sparse_attention_fake(q, k, v, block_index, block_m, block_n):
     return torch.empty_like(q)
+
+
+block_sparse_attention = triton_or_reference(
+    OP_NAME, block_sparse_attention_reference, block_sparse_attention_triton, _block_sparse_attention_fake
+)
+"""Attention over the kept key blocks: Triton where it can run, the reference elsewhere."""
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparsity: float) -> torch.Tensor:

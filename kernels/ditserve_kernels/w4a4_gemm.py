@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ditserve_kernels._runtime import autotune_configs, triton_importable, use_triton
+from ditserve_kernels._runtime import autotune_configs, triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::w4a4_gemm"
 
@@ -178,24 +178,9 @@ def w4a4_gemm_triton(
     return out
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def w4a4_gemm(
-    a_packed: torch.Tensor,
-    a_scale: torch.Tensor,
-    w_packed: torch.Tensor,
-    w_scale: torch.Tensor,
-    lora_act: torch.Tensor,
-    lora_up: torch.Tensor,
-    bias: torch.Tensor | None,
-    group: int,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """Packed-int4 GEMM plus low-rank branch: Triton where it can run, the reference elsewhere."""
-    if use_triton(a_packed, w_packed):
-        return w4a4_gemm_triton(a_packed, a_scale, w_packed, w_scale, lora_act, lora_up, bias, group, out_dtype)
-    return w4a4_gemm_reference(a_packed, a_scale, w_packed, w_scale, lora_act, lora_up, bias, group, out_dtype)
-
-
-@w4a4_gemm.register_fake
-def _(a_packed, a_scale, w_packed, w_scale, lora_act, lora_up, bias, group, out_dtype):
+def _w4a4_gemm_fake(a_packed, a_scale, w_packed, w_scale, lora_act, lora_up, bias, group, out_dtype):
     return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+
+w4a4_gemm = triton_or_reference(OP_NAME, w4a4_gemm_reference, w4a4_gemm_triton, _w4a4_gemm_fake)
+"""Packed-int4 GEMM plus low-rank branch: Triton where it can run, the reference elsewhere."""

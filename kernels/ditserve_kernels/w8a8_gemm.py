@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ditserve_kernels._runtime import autotune_configs, triton_importable, use_triton
+from ditserve_kernels._runtime import autotune_configs, triton_importable, triton_or_reference
 
 OP_NAME = "ditserve_kernels::w8a8_gemm"
 
@@ -143,24 +143,12 @@ def w8a8_gemm_triton(
     return out
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def w8a8_gemm(
-    a_q: torch.Tensor,
-    a_scale: torch.Tensor,
-    w_q: torch.Tensor,
-    w_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """int8 × int8 → `out_dtype` GEMM: Triton where it can run, the reference elsewhere."""
-    if use_triton(a_q, w_q):
-        return w8a8_gemm_triton(a_q, a_scale, w_q, w_scale, bias, out_dtype)
-    return w8a8_gemm_reference(a_q, a_scale, w_q, w_scale, bias, out_dtype)
-
-
-@w8a8_gemm.register_fake
-def _(a_q, a_scale, w_q, w_scale, bias, out_dtype):
+def _w8a8_gemm_fake(a_q, a_scale, w_q, w_scale, bias, out_dtype):
     return a_q.new_empty((a_q.shape[0], w_q.shape[0]), dtype=out_dtype)
+
+
+w8a8_gemm = triton_or_reference(OP_NAME, w8a8_gemm_reference, w8a8_gemm_triton, _w8a8_gemm_fake)
+"""int8 × int8 → `out_dtype` GEMM: Triton where it can run, the reference elsewhere."""
 
 
 def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
