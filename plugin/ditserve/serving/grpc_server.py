@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ditserve.serving.auth import ApiKeyInterceptor
 from ditserve.serving.parsing import from_proto
+from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
 from ditserve.serving.schemas import encode_image, failure
 from ditserve.serving.settings import SETTINGS
@@ -103,27 +104,16 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         return to_response(self.runtime.name, result, body.format)
 
     async def GenerateStream(self, request, context):
-        loop = asyncio.get_running_loop()
-        updates: asyncio.Queue = asyncio.Queue()
-
-        def on_progress(update) -> None:
-            loop.call_soon_threadsafe(updates.put_nowait, update)
-
+        relay = ProgressRelay()
         try:
             body = from_proto(request)
-            ticket = self._submit(body, context, on_progress=on_progress, preview_every=body.preview_every)
+            ticket = self._submit(body, context, on_progress=relay.on_progress, preview_every=body.preview_every)
         except Exception as err:  # refused before any work: its status, counted
             await self._fail(context, err)
             return
         future = asyncio.wrap_future(ticket.future)
         try:
-            while not (future.done() and updates.empty()):
-                getter = asyncio.ensure_future(updates.get())
-                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    continue
-                u = getter.result()
+            async for u in relay.until_done(future):
                 previews = [] if u.previews is None else [to_image(encode_image(p, 0, "png")) for p in u.previews]
                 yield pb.GenerateEvent(
                     progress=pb.Progress(step=u.step, total=u.total, elapsed_s=u.elapsed, previews=previews)

@@ -24,6 +24,7 @@ from ditserve.errors import Cancelled
 from ditserve.serving.auth import key_from
 from ditserve.serving.body_limit import BodyTooLarge
 from ditserve.serving.parsing import from_json
+from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
 from ditserve.serving.schemas import GenerateBody, encode_image, failure, result_json
 from ditserve.serving.settings import SETTINGS
@@ -121,17 +122,12 @@ def build_app(runtime: Runtime) -> Starlette:
 
     async def stream(request: Request) -> Response:
         body = await read_body(request)
-        loop = asyncio.get_running_loop()
-        updates: asyncio.Queue = asyncio.Queue()
-
-        def on_progress(update) -> None:
-            loop.call_soon_threadsafe(updates.put_nowait, update)
-
+        relay = ProgressRelay()
         ticket = runtime.submit(
             body.to_request(),
             body.model,
             timeout_s=body.timeout_s,
-            on_progress=on_progress,
+            on_progress=relay.on_progress,
             preview_every=body.preview_every,
         )
         future = asyncio.wrap_future(ticket.future)
@@ -139,13 +135,7 @@ def build_app(runtime: Runtime) -> Starlette:
 
         async def events():
             try:
-                while not (future.done() and updates.empty()):
-                    getter = asyncio.ensure_future(updates.get())
-                    done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter not in done:
-                        getter.cancel()
-                        continue
-                    u = getter.result()
+                async for u in relay.until_done(future):
                     event = {"step": u.step, "total": u.total, "elapsed_s": round(u.elapsed, 4)}
                     if u.previews is not None:
                         event["previews"] = [encode_image(p, 0, "png")["b64"] for p in u.previews]
