@@ -12,6 +12,7 @@ def save_tiny_dit(
     *,
     with_vae: bool = False,
     prediction_type: str = "epsilon",
+    heads: int = 2,
     head_dim: int = 8,
     sample_size: int = 8,
     num_layers: int = 2,
@@ -27,7 +28,7 @@ def save_tiny_dit(
     torch.manual_seed(0)
     in_channels = 4 if with_vae else 1
     transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
+        num_attention_heads=heads,
         attention_head_dim=head_dim,
         in_channels=in_channels,
         out_channels=2 * in_channels if with_vae else in_channels,  # real DiT checkpoints learn sigma too

@@ -6,7 +6,6 @@ and 512 text tokens for Flux at 32x48; 96 image tokens for PixArt at 32x48) divi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from ditserve_testing import (
     clip_encoder,
     clip_tokenizer,
     image_vae,
+    save_tiny_dit,
     t5_encoder,
     t5_tokenizer,
     tiny_flux_transformer,
@@ -23,24 +23,7 @@ from ditserve_testing import (
 
 def save_digits_like_dit(path: Path) -> Path:
     """A random DiT with digits-dit's shape (16x16 pixels, patch 2: 64 tokens, 4 heads), 2 blocks."""
-    from diffusers import DDIMScheduler, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    DiTTransformer2DModel(
-        num_attention_heads=4,
-        attention_head_dim=8,
-        in_channels=1,
-        out_channels=1,
-        num_layers=2,
-        sample_size=16,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-    ).save_pretrained(path / "transformer")
-    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True).save_pretrained(
-        path / "scheduler"
-    )
-    (path / "labels.json").write_text(json.dumps({"id2label": {str(i): str(i) for i in range(10)}}))
-    return path
+    return save_tiny_dit(path, heads=4, sample_size=16)
 
 
 def save_flux(path: Path) -> Path:
