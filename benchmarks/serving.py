@@ -31,8 +31,6 @@ import argparse
 import contextlib
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,9 @@ import yaml
 from cpu_load import other_cpu_use
 
 ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # starting and stopping a server: the end-to-end tests' helpers
+from server_process import free_port, stop_server  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 BENTO_CONFIG = ROOT / "bentos" / "digits" / "model.yaml"
 CLIENTS = (1, 4, 16)
@@ -55,12 +56,6 @@ OVERHEAD_STEPS = 2
 GOAL_OVERHEAD_MS = 5.0
 GOAL_BATCH_SPEEDUP = 2.0
 BATCHED = "batched, padded (the Bento's config)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(tmp: Path, name: str, threads: int, **limits) -> Path:
@@ -110,19 +105,8 @@ class Server:
         return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith((name + "{", name + " ")))
 
     def stop(self) -> None:
-        """SIGTERM; after 60 s SIGKILL the server and its workers."""
-        import psutil
-
-        if self.proc.poll() is not None:
-            return
-        family = [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            for pid in family:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        """SIGTERM; after 60 s SIGKILL the server and its workers (the end-to-end tests' way)."""
+        stop_server(self)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
