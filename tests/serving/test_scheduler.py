@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,49 +31,50 @@ def make(engine, **limits) -> Scheduler:
     return Scheduler(engine, ServeLimits(**{**base, **limits}))
 
 
+@contextlib.contextmanager
+def running(engine, **limits) -> Iterator[Scheduler]:
+    """`make`'s scheduler, closed (within 30 s) when the block ends, however it ends."""
+    scheduler = make(engine, **limits)
+    try:
+        yield scheduler
+    finally:
+        scheduler.close(30)
+
+
 def req(seed: int, **fields) -> GenerationRequest:
     return GenerationRequest(class_label=fields.pop("class_label", 3), seed=seed, **fields)
 
 
 def test_batched_images_are_bit_identical_to_each_request_alone(engine):
-    scheduler = make(engine)
-    try:
+    with running(engine) as scheduler:
         tickets = [scheduler.submit(req(s)) for s in (1, 2, 3)]
         together = [t.result(60) for t in tickets]
         assert {r.stats.batch_size for r in together} == {4}  # three requests + one filler image, one call
         alone = [scheduler.submit(req(s)).result(60) for s in (1, 2, 3)]
         for a, b in zip(together, alone, strict=True):
             assert torch.equal(a.images, b.images)
-    finally:
-        scheduler.close(30)
 
 
 def test_without_padding_batches_have_their_own_shape_and_stay_close_to_alone(engine):
     """Unpadded, a batch runs at its own size (the shape that may change the last float bits, see the module)."""
-    scheduler = make(engine, pad_batches=False)
-    try:
+    with running(engine, pad_batches=False) as scheduler:
         together = [scheduler.submit(req(s)) for s in (1, 2, 3)]
         batched = together[0].result(60)
         alone = scheduler.submit(req(1)).result(60)
         assert batched.stats.batch_size == 3 and alone.stats.batch_size == 1
         assert (batched.images - alone.images).abs().max() < 1e-4
-    finally:
-        scheduler.close(30)
 
 
 def trickle(engine, batch_wait_max_ms: float, offsets_s: list[float]) -> list[int]:
     """Under a 0.4 s `batch_wait_ms`, submit one request now and one at each offset (seconds from now); the
     batch size each of them ran in, in order."""
-    scheduler = make(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=batch_wait_max_ms)
-    try:
+    with running(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=batch_wait_max_ms) as scheduler:
         started = time.monotonic()
         tickets = [scheduler.submit(req(0))]
         for k, offset in enumerate(offsets_s, start=1):
             time.sleep(max(0.0, started + offset - time.monotonic()))
             tickets.append(scheduler.submit(req(k)))
         return [t.result(60).stats.batch_size for t in tickets]
-    finally:
-        scheduler.close(30)
 
 
 def test_a_batch_keeps_filling_while_requests_keep_arriving(engine):
@@ -86,17 +89,13 @@ def test_a_batch_waits_no_longer_than_batch_wait_max_ms(engine):
 
 
 def test_incompatible_requests_do_not_share_a_batch(engine):
-    scheduler = make(engine, pad_batches=False)
-    try:
+    with running(engine, pad_batches=False) as scheduler:
         a, b = scheduler.submit(req(1, steps=4)), scheduler.submit(req(2, steps=5))
         assert a.result(60).stats.batch_size == b.result(60).stats.batch_size == 1
-    finally:
-        scheduler.close(30)
 
 
 def test_validation_happens_at_submit_and_the_queue_is_bounded(engine):
-    scheduler = make(engine, max_queue=2, batch_wait_ms=0.0)
-    try:
+    with running(engine, max_queue=2, batch_wait_ms=0.0) as scheduler:
         with pytest.raises(RequestError, match="steps"):
             scheduler.submit(req(1, steps=10_000))
         held = [scheduler.submit(req(s, steps=200)) for s in (1, 2)]
@@ -105,13 +104,10 @@ def test_validation_happens_at_submit_and_the_queue_is_bounded(engine):
         for t in held:
             scheduler.cancel(t)
         assert scheduler.submit(req(4, steps=2)).result(60).stats.steps == 2
-    finally:
-        scheduler.close(30)
 
 
 def test_cancel_and_deadline_stop_within_one_step(engine):
-    scheduler = make(engine, batch_wait_ms=0.0)
-    try:
+    with running(engine, batch_wait_ms=0.0) as scheduler:
         seen = []
         ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
         while len(seen) < 3:
@@ -125,26 +121,20 @@ def test_cancel_and_deadline_stop_within_one_step(engine):
         late = scheduler.submit(req(2, steps=200), timeout_s=0.2)
         with pytest.raises(Cancelled, match="deadline"):
             late.result(30)
-    finally:
-        scheduler.close(30)
 
 
 def test_the_servers_warm_up_has_no_deadline(engine):
     """A warm-up slower than `limits.timeout_s` (a busy machine) must still finish, or the server never gets ready."""
-    scheduler = make(engine, batch_wait_ms=0.0, timeout_s=0.05)
-    try:
+    with running(engine, batch_wait_ms=0.0, timeout_s=0.05) as scheduler:
         with pytest.raises(Cancelled, match="deadline"):
             scheduler.submit(req(1, steps=200)).result(30)
         assert scheduler.submit(req(1, steps=200), deadline=False).result(60).stats.steps == 200
-    finally:
-        scheduler.close(30)
 
 
 def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engine):
     """asyncio's `wrap_future` cancels the ticket's future when the awaiting task is cancelled (a gRPC client
     past its deadline); the request must still leave the queue count, or every such request leaks a place."""
-    scheduler = make(engine, batch_wait_ms=0.0, max_queue=1)
-    try:
+    with running(engine, batch_wait_ms=0.0, max_queue=1) as scheduler:
         seen = []
         ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
         for _ in range(2000):  # bounded: 10 s
@@ -159,14 +149,11 @@ def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engin
             time.sleep(0.005)
         assert scheduler.admitted == 0
         assert scheduler.submit(req(2, steps=2)).result(30).stats.steps == 2
-    finally:
-        scheduler.close(30)
 
 
 def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
     """Fault injection (a mock, named as such): an out-of-memory error we cannot cause on this machine."""
-    scheduler = make(engine, batch_wait_ms=0.0)
-    try:
+    with running(engine, batch_wait_ms=0.0) as scheduler:
         fresh = scheduler.submit(req(5)).result(60)
         real_predict, calls = engine.adapter.predict, []
 
@@ -181,8 +168,6 @@ def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
             scheduler.submit(req(6)).result(60)
         again = scheduler.submit(req(5)).result(60)
         assert torch.equal(again.images, fresh.images)
-    finally:
-        scheduler.close(30)
 
 
 def test_close_drains_admitted_work_and_refuses_new(engine):
