@@ -76,6 +76,27 @@ def save_tiny_flow_dit(path):
     return path
 
 
+def wait_ready(proc, url: str, log, seconds: float, failure_mark: str | None = None) -> None:
+    """Poll `url`/readyz every 0.5 s until it answers 200. Fails with the tail of the server's `log` file if
+    `proc` exits, `failure_mark` appears in the log, or `seconds` pass first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if proc.poll() is not None or (failure_mark is not None and failure_mark in text):
+            raise AssertionError(f"the server exited ({proc.returncode}) or failed to start:\n{text[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the server was not ready after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
 def assert_documented_config(registry, spec: dict) -> None:
     """The strategy `spec` names says what it is, documents every field of its config, and refuses an unknown one."""
     import pytest

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from ditserve_testing import engine_for, save_tiny_dit
+from ditserve_testing import engine_for, save_tiny_dit, wait_ready
 from launches import stop_session
 
 from ditserve.request import GenerationRequest
@@ -35,8 +35,6 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import httpx
-
     tmp = tmp_path_factory.mktemp("served")
     model = save_tiny_dit(tmp / "tiny")
     config = tmp / "model.yaml"
@@ -55,17 +53,7 @@ def served(tmp_path_factory):
     proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
+        wait_ready(proc, url, log, STARTUP_S)
         yield url, f"127.0.0.1:{grpc_port}", model, proc.pid
     finally:
         stop_session(proc, 30)

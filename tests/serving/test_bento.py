@@ -9,11 +9,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from ditserve_testing import wait_ready
 
 ROOT = Path(__file__).parents[2]
 BENTOS = {"digits": ROOT / "bentos/digits/bentofile.yaml", "digits-gpu": ROOT / "bentos/digits-gpu/bentofile.yaml"}
@@ -91,7 +91,6 @@ def build_bento(home: Path) -> Path:
 @pytest.mark.slow
 def test_the_built_bento_serves_rest_and_grpc_with_the_containers_environment(tmp_path):
     import grpc
-    import httpx
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from ditserve.client import GrpcClient, RestClient
@@ -113,25 +112,12 @@ def test_the_built_bento_serves_rest_and_grpc_with_the_containers_environment(tm
     env.pop("DITSERVE_API_KEY", None)
     command = [sys.executable, "-m", "bentoml", "serve", f"{info['name']}:{info['version']}", "--host", "127.0.0.1",
                "--port", str(port)]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
-
-    def log_text() -> str:
-        return (tmp_path / "serve.log").read_text()
-
+    log = tmp_path / "serve.log"
     proc = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None and "Traceback" not in log_text():
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the Bento did not become ready:\n{log_text()[-3000:]}")
+        wait_ready(proc, f"http://127.0.0.1:{port}", log, 600, failure_mark="Traceback")
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
