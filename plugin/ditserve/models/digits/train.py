@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -22,14 +21,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 
 from ditserve.models.digits.data import CLASS_NAMES, IMAGE_SIDE, load_split
-from ditserve.models.digits.training import (
-    add_arguments,
-    log_progress,
-    optimizer_step,
-    should_log,
-    training_record,
-    update_ema,
-)
+from ditserve.models.digits.training import add_arguments, fit
 
 DEFAULT_OUT = Path(__file__).parent / "digits-dit"
 NUM_CLASSES = len(CLASS_NAMES)
@@ -78,26 +70,20 @@ def train(args: argparse.Namespace) -> dict:
     model = build_transformer()
     ema = copy.deepcopy(model).requires_grad_(False)
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
-    n_train = split.train_images.shape[0]
-    log = []
-    start = time.perf_counter()
-    for step in range(args.steps):
-        model.train()
-        idx = torch.randint(0, n_train, (args.batch_size,), generator=gen)
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Epsilon loss at random timesteps, the label dropped to the null class with `--label-dropout`."""
         x0, labels = split.train_images[idx], split.train_labels[idx].clone()
         labels[torch.rand(args.batch_size, generator=gen) < args.label_dropout] = NULL_CLASS
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=gen)
         pred = model(scheduler.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer_step(optimizer, model, loss, step, args)
-        update_ema(ema, model, step, args.ema)
-        if should_log(step, args):
-            val = held_out_loss(ema, scheduler, split.held_out_images, split.held_out_labels, args.seed)
-            log_progress(log, step, args, loss.item(), val, start)
-    record = training_record(args, "label", n_train, start, log)
+        return F.mse_loss(pred, noise)
+
+    def held_out() -> float:
+        return held_out_loss(ema, scheduler, split.held_out_images, split.held_out_labels, args.seed)
+
+    record = fit(args, model, ema, batch_loss, held_out, split.train_images.shape[0], "label")
     save(ema, scheduler, Path(args.out), record)
     return record
 

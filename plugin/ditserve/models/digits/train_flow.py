@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -37,14 +36,7 @@ from ditserve.models.digits.prompts import (
     prompt_for,
     sample_prompts,
 )
-from ditserve.models.digits.training import (
-    add_arguments,
-    log_progress,
-    optimizer_step,
-    should_log,
-    training_record,
-    update_ema,
-)
+from ditserve.models.digits.training import add_arguments, fit
 from ditserve.models.text import CALL_DEFAULTS_FILE
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
@@ -153,25 +145,19 @@ def train(args: argparse.Namespace) -> dict:
     pipe = build_pipeline()
     ema_pipe = copy.deepcopy(pipe)
     modules, ema = trained_modules(pipe), trained_modules(ema_pipe).requires_grad_(False)
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
-    n_train = split.train_images.shape[0]
-    log = []
-    start = time.perf_counter()
-    for step in range(args.steps):
-        modules.train()
-        idx = torch.randint(0, n_train, (args.batch_size,), generator=gen)
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Velocity loss at logit-normal σ, the prompt dropped to "" with `--prompt-dropout`."""
         x0 = split.train_images[idx]
         prompts = sample_prompts(split.train_labels[idx], args.prompt_dropout, gen)
         noise = torch.randn(x0.shape, generator=gen)
         pred, target = velocity(pipe, x0, noise, logit_normal(args.batch_size, gen), prompts)
-        loss = F.mse_loss(pred, target)
-        optimizer_step(optimizer, modules, loss, step, args)
-        update_ema(ema, modules, step, args.ema)
-        if should_log(step, args):
-            val = held_out_loss(ema_pipe, split.held_out_images, split.held_out_labels, args.seed)
-            log_progress(log, step, args, loss.item(), val, start)
-    record = training_record(args, "prompt", n_train, start, log)
+        return F.mse_loss(pred, target)
+
+    def held_out() -> float:
+        return held_out_loss(ema_pipe, split.held_out_images, split.held_out_labels, args.seed)
+
+    record = fit(args, modules, ema, batch_loss, held_out, split.train_images.shape[0], "prompt")
     save(ema_pipe, Path(args.out), record)
     return record
 

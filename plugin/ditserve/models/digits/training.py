@@ -1,16 +1,46 @@
-"""What the two digits training scripts share: the learning-rate schedule, one optimizer step with
-gradient clipping, the EMA of the weights that gets shipped, the progress log, the command-line options
-and the training record. The scripts differ only in the model and its loss (`train.py`: DDPM epsilon
-loss on a DiT; `train_flow.py`: rectified-flow velocity loss on an MMDiT with text encoders)."""
+"""What the two digits training scripts share: the training loop (`fit`) with its learning-rate schedule,
+optimizer step with gradient clipping, the EMA of the weights that gets shipped and the progress log;
+the command-line options and the training record. The scripts differ only in the model and its loss
+(`train.py`: DDPM epsilon loss on a DiT; `train_flow.py`: rectified-flow velocity loss on an MMDiT with
+text encoders)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+
+def fit(
+    args: argparse.Namespace,
+    modules: nn.Module,
+    ema: nn.Module,
+    batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    held_out_loss: Callable[[], float],
+    train_images: int,
+    dropout: str,
+) -> dict:
+    """Train `modules` for `args.steps` AdamW steps, keeping their EMA in `ema`; returns the training record.
+
+    Each step draws `args.batch_size` indices into the `train_images` training images from one generator
+    seeded with `args.seed`, and `batch_loss(indices, generator)` draws the rest of the step's randomness
+    from the same generator: one seed fixes the whole run. `held_out_loss()` (of the EMA) goes in the log."""
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    log: list[dict] = []
+    start = time.perf_counter()
+    for step in range(args.steps):
+        modules.train()
+        loss = batch_loss(torch.randint(0, train_images, (args.batch_size,), generator=gen), gen)
+        optimizer_step(optimizer, modules, loss, step, args)
+        update_ema(ema, modules, step, args.ema)
+        if should_log(step, args):
+            log_progress(log, step, args, loss.item(), held_out_loss(), start)
+    return training_record(args, dropout, train_images, start, log)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
