@@ -14,11 +14,15 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from cpu_load import other_cpu_use
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "parallel"))  # the runner tests' rank helpers
+from scenarios import installed  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "parallel.md"
 E_FP32 = 4
@@ -73,12 +77,9 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
 
     from ditserve.config import parse_config
     from ditserve.engine import Engine
-    from ditserve.parallel.comm import Comm
-    from ditserve.parallel.distributed import Placement
-    from ditserve.parallel.groups import build_groups, init_loopback
+    from ditserve.parallel.groups import init_loopback
     from ditserve.parallel.sequence import self_attentions
     from ditserve.quality.metrics import psnr
-    from ditserve.registry import PARALLEL
     from ditserve.request import GenerationRequest
 
     init_loopback(rank, world, rendezvous, timeout_s=3600)  # idle ranks wait out the baseline: long on a busy machine
@@ -105,28 +106,22 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out_file: str) ->
         "layers": len(self_attentions(engine.model)),
     }
     for label, parallel in spec["runners"].items():
-        config_ = PARALLEL.parse(parallel, "parallel")
-        runner = PARALLEL.get(config_.name)(config_)
-        groups = build_groups(runner.degrees, list(range(runner.world_size)))
         record = {}
-        if groups is not None:
-            comm = Comm()
-            runner.check(engine.model, engine.config.plan)
-            runner.apply(engine.model, Placement(groups, comm))
-            times = []
-            for repeat in range(spec["repeats"] + 1):
-                runner.reset()
-                comm.bytes_sent = 0
-                started = time.perf_counter()
-                result = engine.generate(request)
-                if repeat:  # the first run warms up
-                    times.append(time.perf_counter() - started)
-            runner.remove()
-            record = {
-                "bytes_per_call": comm.bytes_sent / result.stats.model_evaluations,
-                "seconds": statistics.median(times),
-                "images": result.images,
-            }
+        with installed(parallel, engine) as (runner, comm):
+            if comm is not None:
+                times = []
+                for repeat in range(spec["repeats"] + 1):
+                    runner.reset()
+                    comm.bytes_sent = 0
+                    started = time.perf_counter()
+                    result = engine.generate(request)
+                    if repeat:  # the first run warms up
+                        times.append(time.perf_counter() - started)
+                record = {
+                    "bytes_per_call": comm.bytes_sent / result.stats.model_evaluations,
+                    "seconds": statistics.median(times),
+                    "images": result.images,
+                }
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(record, gathered, dst=0)
         if rank == 0:
@@ -204,9 +199,6 @@ def main() -> None:
         digits = BUILTIN_MODELS["digits-dit"]
         name = "digits-dit"
         if not (digits / "transformer").is_dir():
-            import sys
-
-            sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "parallel"))
             from tiny_models import save_digits_like_dit
 
             digits, name = save_digits_like_dit(Path(tmp) / "digits"), "random DiT shaped like digits-dit"

@@ -10,10 +10,37 @@ second run of the same request (after the runner's `reset`) strays from the firs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def installed(parallel: dict, engine) -> Iterator[tuple]:
+    """The runner the `parallel` plan section names, installed on `engine`'s model over process groups of the
+    first `world_size` ranks, removed when the block ends. Yields (runner, comm): `comm` counts the bytes this
+    rank sends, None on a rank outside the runner's groups (every rank enters: creating groups is collective)."""
+    from ditserve.parallel.comm import Comm
+    from ditserve.parallel.distributed import Placement
+    from ditserve.parallel.groups import build_groups
+    from ditserve.registry import PARALLEL
+
+    config = PARALLEL.parse(parallel, "parallel")
+    runner = PARALLEL.get(config.name)(config)
+    groups = build_groups(runner.degrees, list(range(runner.world_size)))
+    if groups is None:
+        yield runner, None
+        return
+    comm = Comm()
+    runner.check(engine.model, engine.config.plan)
+    runner.apply(engine.model, Placement(groups, comm))
+    try:
+        yield runner, comm
+    finally:
+        runner.remove()
 
 
 def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: str) -> None:
@@ -22,11 +49,8 @@ def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: s
 
     from ditserve.config import parse_config
     from ditserve.engine import Engine
-    from ditserve.parallel.comm import Comm
-    from ditserve.parallel.distributed import Placement
-    from ditserve.parallel.groups import build_groups, init_loopback
+    from ditserve.parallel.groups import init_loopback
     from ditserve.quality.metrics import psnr
-    from ditserve.registry import PARALLEL
     from ditserve.request import GenerationRequest
 
     torch.set_num_threads(1)
@@ -42,8 +66,7 @@ def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: s
 
     results, produced, references = {}, {}, {}
     for scenario in spec["scenarios"]:
-        name, config = scenario["id"], PARALLEL.parse(scenario["parallel"], "parallel")
-        runner = PARALLEL.get(config.name)(config)
+        name = scenario["id"]
         request = GenerationRequest(**scenario["request"])
         served = engine(scenario["engine"])
         key = json.dumps([scenario["engine"], scenario["request"]], sort_keys=True)
@@ -51,24 +74,19 @@ def run(rank: int, world_size: int, rendezvous: str, spec_file: str, out_file: s
             references[key] = served.generate(request).images
         reference = references.get(key)
         started = time.perf_counter()
-        groups = build_groups(runner.degrees, list(range(runner.world_size)))
         record = {}
-        if groups is not None:
-            comm = Comm()
-            runner.check(served.model, served.config.plan)
-            runner.apply(served.model, Placement(groups, comm))
-            try:
-                runner.reset()
-                images = served.generate(request).images
-                record["bytes"] = comm.bytes_sent
-                runner.reset()  # the runner's state of the first request must not reach the second
-                again = served.generate(request).images
-                record["repeat_diff"] = (again - images).abs().max().item()
-            except Exception:
-                record["error"] = traceback.format_exc()
-                images = None
-            finally:
-                runner.remove()
+        with installed(scenario["parallel"], served) as (runner, comm):
+            if comm is not None:
+                try:
+                    runner.reset()
+                    images = served.generate(request).images
+                    record["bytes"] = comm.bytes_sent
+                    runner.reset()  # the runner's state of the first request must not reach the second
+                    again = served.generate(request).images
+                    record["repeat_diff"] = (again - images).abs().max().item()
+                except Exception:
+                    record["error"] = traceback.format_exc()
+                    images = None
         sent = [None] * world_size if rank == 0 else None
         dist.gather_object(record, sent, dst=0)
         if rank == 0:
