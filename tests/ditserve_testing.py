@@ -261,6 +261,41 @@ def tiny_pixart_transformer(sample_size: int, num_layers: int, out_channels: int
     )
 
 
+def tiny_pixart_pipeline(sample_size: int, heads: int = 2):
+    """A random PixArt-α pipeline: 2 blocks that learn sigma (8 output channels), T5, DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
+
+    tokenizer = t5_tokenizer()
+    transformer = tiny_pixart_transformer(sample_size=sample_size, num_layers=2, out_channels=8, heads=heads)
+    return PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer),
+        vae=image_vae(4),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def tiny_flux_pipeline(num_single_layers: int, guidance_embeds: bool = False):
+    """A random Flux pipeline: one double-stream block, `num_single_layers` single-stream ones, CLIP and T5;
+    FLUX.1-schnell-like, or FLUX.1-dev-like (guidance-distilled) with `guidance_embeds`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    transformer = tiny_flux_transformer(
+        num_layers=1, num_single_layers=num_single_layers, guidance_embeds=guidance_embeds
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=image_vae(4, shift_factor=0.1159, scaling_factor=0.3611),
+        text_encoder=clip_encoder(clip, 32, with_projection=False),
+        tokenizer=clip,
+        text_encoder_2=t5_encoder(t5),
+        tokenizer_2=t5,
+        transformer=transformer,
+    )
+
+
 def tiny_sd3_transformer(num_layers: int):
     """A random SD3 MMDiT: 2 heads of 8, 4 latent channels, 32-wide text; its last joint block is
     `context_pre_only` (it returns no text stream), as in every SD3 checkpoint."""

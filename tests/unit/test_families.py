@@ -18,8 +18,8 @@ from ditserve_testing import (
     image_vae,
     t5_encoder,
     t5_tokenizer,
-    tiny_flux_transformer,
-    tiny_pixart_transformer,
+    tiny_flux_pipeline,
+    tiny_pixart_pipeline,
     tiny_sd3_transformer,
     tiny_wan_transformer,
 )
@@ -37,22 +37,6 @@ SIZE = {"pixart": (32, 48), "sd3": (32, 48), "flux": (32, 48), "flux-dev": (32, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build_pixart():
-    """PixArt-α at `sample_size` 128, so the resolution / aspect-ratio conditions are exercised, learned sigma."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
-
-    tokenizer = t5_tokenizer()
-    # 3 heads: the size conditions take a third of the width each
-    transformer = tiny_pixart_transformer(sample_size=128, num_layers=2, out_channels=8, heads=3)
-    return PixArtAlphaPipeline(
-        tokenizer=tokenizer,
-        text_encoder=t5_encoder(tokenizer),
-        vae=image_vae(4),
-        transformer=transformer,
-        scheduler=DPMSolverMultistepScheduler(),
-    )
-
-
 def build_sd3():
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
@@ -68,26 +52,6 @@ def build_sd3():
         tokenizer_2=clip,
         text_encoder_3=t5_encoder(t5),
         tokenizer_3=t5,
-    )
-
-
-def build_flux(guidance_embeds: bool):
-    """FLUX.1-schnell-like (no guidance embedding) or FLUX.1-dev-like (guidance-distilled)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-    clip, t5 = clip_tokenizer(), t5_tokenizer()
-    transformer = tiny_flux_transformer(num_layers=1, num_single_layers=2, guidance_embeds=guidance_embeds)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096
-    )
-    return FluxPipeline(
-        scheduler=scheduler,
-        vae=image_vae(4, shift_factor=0.1159, scaling_factor=0.3611),
-        text_encoder=clip_encoder(clip, 32, with_projection=False),
-        tokenizer=clip,
-        text_encoder_2=t5_encoder(t5),
-        tokenizer_2=t5,
-        transformer=transformer,
     )
 
 
@@ -111,10 +75,11 @@ def build_wan():
 
 
 BUILDERS = {
-    "pixart": build_pixart,
+    # 3 heads: the size conditions take a third of the width each; sample size 128 exercises them
+    "pixart": lambda: tiny_pixart_pipeline(sample_size=128, heads=3),
     "sd3": build_sd3,
-    "flux": lambda: build_flux(guidance_embeds=False),
-    "flux-dev": lambda: build_flux(guidance_embeds=True),
+    "flux": lambda: tiny_flux_pipeline(num_single_layers=2),
+    "flux-dev": lambda: tiny_flux_pipeline(num_single_layers=2, guidance_embeds=True),
     "wan": build_wan,
 }
 BLOCKS = {
