@@ -151,9 +151,10 @@ def with_shipped_calibration(config: CacheConfig, model: LoadedModel) -> CacheCo
     return CACHES.parse({**config.model_dump(), **shipped}, "plan.cache")
 
 
-def ship(config: str, cache: str, samples: int) -> Path:
-    """Calibrate cache `cache` on the model of `config` (uncached, the plan's sampler and guidance) and write
-    the result into the checkpoint's `calibration/<cache>.json`; return that path."""
+def ship(config: str, cache: str, samples: int, settings: dict[str, Any] | None = None) -> Path:
+    """Calibrate cache `cache` on the model of `config` (uncached, the plan's sampler and guidance; `settings`:
+    the strategy's fields the calibration reads, e.g. Learning-to-Cache's `sparsity`) and write the result
+    into the checkpoint's `calibration/<cache>.json`; return that path."""
     from ditserve.engine import Engine, resolve_model_path
 
     loaded = load_config(config)
@@ -161,7 +162,7 @@ def ship(config: str, cache: str, samples: int) -> Path:
     engine = Engine(loaded.model_copy(update={"plan": plan}))
     path = shipped_file(resolve_model_path(loaded.resolved_path()), cache)
     path.parent.mkdir(exist_ok=True)
-    fields = CACHES.get(cache).calibrate(engine, samples, {}, path.parent)
+    fields = CACHES.get(cache).calibrate(engine, samples, settings or {}, path.parent)
     fields = {
         field: Path(value).name if isinstance(value, str) and Path(value).parent == path.parent else value
         for field, value in fields.items()
@@ -175,8 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="model config YAML or builtin:<name>")
     parser.add_argument("--cache", required=True, help="cache strategy name (e.g. teacache)")
     parser.add_argument("--samples", type=int, default=8, help="calibration requests (fixed seeds)")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="FIELD=JSON", help="a field the calibration reads"
+    )
     args = parser.parse_args(argv)
-    print(f"ditserve: wrote {ship(args.config, args.cache, args.samples)}")
+    settings = {field: json.loads(value) for field, _, value in (s.partition("=") for s in args.setting)}
+    print(f"ditserve: wrote {ship(args.config, args.cache, args.samples, settings)}")
 
 
 if __name__ == "__main__":
