@@ -44,29 +44,23 @@ def server_options(settings=SETTINGS) -> list[tuple[str, int]]:
     ]
 
 
+def mirrored(message_class, values, **given):
+    """A `message_class` with the fields in `given`, and every other field it declares taken by name from
+    `values` (a dict, or an object's attributes): the proto names its fields as the Python side does, so a
+    field added to both is carried without a change here."""
+    get = values.__getitem__ if isinstance(values, dict) else lambda name: getattr(values, name)
+    fields = {f.name: get(f.name) for f in message_class.DESCRIPTOR.fields if f.name not in given}
+    return message_class(**fields, **given)
+
+
 def to_image(image_json: dict) -> pb.Image:
     import base64
 
-    return pb.Image(
-        data=base64.b64decode(image_json["b64"]),
-        mime_type=image_json["mime_type"],
-        seed=image_json["seed"],
-        channels=image_json["channels"],
-        height=image_json["height"],
-        width=image_json["width"],
-    )
+    return mirrored(pb.Image, image_json, data=base64.b64decode(image_json["b64"]))
 
 
 def to_response(model: str, result, fmt: str) -> pb.GenerateResponse:
-    s = result.stats
-    stats = pb.Stats(
-        steps=s.steps,
-        batch_size=s.batch_size,
-        model_evaluations=s.model_evaluations,
-        block_evaluations=s.block_evaluations,
-        block_evaluations_full=s.block_evaluations_full,
-        seconds=s.seconds,
-    )
+    stats = mirrored(pb.Stats, result.stats)
     images = [to_image(encode_image(i, seed, fmt)) for i, seed in zip(result.images, result.seeds, strict=True)]
     return pb.GenerateResponse(model=model, images=images, stats=stats)
 
@@ -153,15 +147,8 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
             labels={int(k): v for k, v in info.get("labels", {}).items()},
             default_size=info.get("default_size", []),
             strategies=strategies,
-            limits=pb.Limits(
-                max_steps=limits.max_steps,
-                max_batch=limits.max_batch,
-                max_side=limits.max_side,
-                max_prompt_chars=limits.max_prompt_chars,
-                max_queue=limits.max_queue,
-                timeout_s=limits.timeout_s,
-                allow_overrides=limits.allow_overrides,
-                overrides=[pb.Overridable(section=k, names=v) for k, v in limits.overrides.items()],
+            limits=mirrored(
+                pb.Limits, limits, overrides=[pb.Overridable(section=k, names=v) for k, v in limits.overrides.items()]
             ),
         )
         message.plan.update(self.runtime.config.plan.model_dump(mode="json"))
