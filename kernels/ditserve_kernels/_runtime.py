@@ -54,6 +54,17 @@ def triton_or_reference(name: str, reference: Callable, launch: Callable, fake: 
     return op
 
 
+GEMM_TILES = [
+    {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 32, "BLOCK_N": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+]
+"""The output tiles the GEMM kernels (W8A8, W4A4) are tuned over on a GPU."""
+GEMM_INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 2}
+"""Their one tile under the interpreter: small, so the CPU run is quick."""
+
+
 def autotune_configs(gpu_configs: list[dict], interpreter_config: dict) -> list:
     """The autotuner's candidates: several on a GPU, exactly one under the interpreter, which cannot
     benchmark more than one ("0 active drivers")."""

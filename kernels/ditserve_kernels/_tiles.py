@@ -52,6 +52,14 @@ if triton_importable():
         )
 
     @triton.jit
+    def online_softmax_init(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Flash attention's running state before the first key block: row maxima -inf, sums and output zero."""
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        return m_i, l_i, acc
+
+    @triton.jit
     def online_softmax(s, m_i, l_i):
         """One key block of flash attention's softmax, in base 2: from the block's scores `s` and the running
         row maxima `m_i` and sums `l_i`, the block's unnormalized probabilities, the factor that rescales

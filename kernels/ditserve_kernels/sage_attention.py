@@ -110,7 +110,7 @@ if triton_importable():
     import triton
     import triton.language as tl
 
-    from ditserve_kernels._tiles import load_rows, store_rows
+    from ditserve_kernels._tiles import load_rows, online_softmax_init, store_rows
 
     @triton.jit
     def _sage_kernel(
@@ -148,9 +148,7 @@ if triton_importable():
         else:
             q_s = tl.load(q_scale_ptr + bh * n_qs + pid_m) + tl.zeros([BLOCK_M], dtype=tl.float32)
         q_s = q_s * 1.4426950408889634
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        m_i, l_i, acc = online_softmax_init(BLOCK_M, BLOCK_D)
         for start in range(0, Sk, BLOCK_N):
             kn = start + offs_n
             k_ptrs = k_ptr + bh * Sk * D + kn[None, :] * D + offs_d[:, None]

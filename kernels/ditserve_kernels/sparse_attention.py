@@ -64,7 +64,7 @@ if triton_importable():
     import triton
     import triton.language as tl
 
-    from ditserve_kernels._tiles import load_rows, load_rows_transposed, online_softmax, store_rows
+    from ditserve_kernels._tiles import load_rows, load_rows_transposed, online_softmax, online_softmax_init, store_rows
 
     @triton.jit
     def _sparse_kernel(
@@ -89,9 +89,7 @@ if triton_importable():
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         q = load_rows(q_ptr + bh * Sq * D, offs_m, offs_d, Sq, D)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        m_i, l_i, acc = online_softmax_init(BLOCK_M, BLOCK_D)
         for j in range(0, n_keep):
             kn = tl.load(index_ptr + (bh * n_qblk + pid_m) * n_keep + j) * BLOCK_N + offs_n
             k = load_rows_transposed(k_ptr + bh * Sk * D, kn, offs_d, Sk, D)

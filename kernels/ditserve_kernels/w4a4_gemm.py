@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from ditserve_kernels._runtime import autotune_configs, triton_importable, triton_or_reference
+from ditserve_kernels._runtime import (
+    GEMM_INTERPRETER_TILE,
+    GEMM_TILES,
+    autotune_configs,
+    triton_importable,
+    triton_or_reference,
+)
 
 OP_NAME = "ditserve_kernels::w4a4_gemm"
 
@@ -77,15 +83,7 @@ if triton_importable():
     from ditserve_kernels._tiles import grouped_tile
 
     @triton.autotune(
-        configs=autotune_configs(
-            [
-                {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-                {"BLOCK_M": 128, "BLOCK_N": 256, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-                {"BLOCK_M": 64, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-                {"BLOCK_M": 32, "BLOCK_N": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-            ],
-            {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 2},
-        ),
+        configs=autotune_configs(GEMM_TILES, GEMM_INTERPRETER_TILE),
         key=["M", "N", "K", "R"],
     )
     @triton.jit

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ditserve_kernels._runtime import autotune_configs, triton_importable, triton_or_reference
+from ditserve_kernels._runtime import (
+    GEMM_INTERPRETER_TILE,
+    GEMM_TILES,
+    autotune_configs,
+    triton_importable,
+    triton_or_reference,
+)
 
 OP_NAME = "ditserve_kernels::w8a8_gemm"
 
@@ -50,13 +56,7 @@ if triton_importable():
 
     @triton.autotune(
         configs=autotune_configs(
-            [
-                {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-                {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-                {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-                {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-            ],
-            {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2},
+            [tile | {"BLOCK_K": 128} for tile in GEMM_TILES], GEMM_INTERPRETER_TILE | {"BLOCK_K": 32}
         ),
         key=["M", "N", "K"],
     )
