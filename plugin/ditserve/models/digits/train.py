@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 
 from ditserve.models.digits.data import CLASS_NAMES, IMAGE_SIDE, load_split
-from ditserve.models.digits.training import add_arguments, fit
+from ditserve.models.digits.training import fit, parse_args, repeatable
 
 DEFAULT_OUT = Path(__file__).parent / "digits-dit"
 NUM_CLASSES = len(CLASS_NAMES)
@@ -63,9 +63,7 @@ def held_out_loss(model: DiTTransformer2DModel, scheduler: DDPMScheduler, images
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(args.threads)
+    repeatable(args)
     split = load_split()
     model = build_transformer()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -99,10 +97,8 @@ def save(model: DiTTransformer2DModel, scheduler: DDPMScheduler, out: Path, reco
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser, steps=2000, batch_size=128, warmup=100, ema=0.999, dropout="label", threads=2,
-                  out=str(DEFAULT_OUT))  # fmt: skip
-    train(parser.parse_args(argv))
+    defaults = dict(steps=2000, batch_size=128, warmup=100, ema=0.999, dropout="label", threads=2, out=str(DEFAULT_OUT))
+    train(parse_args(argv, __doc__, **defaults))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from ditserve.models.digits.prompts import (
     prompt_for,
     sample_prompts,
 )
-from ditserve.models.digits.training import add_arguments, fit
+from ditserve.models.digits.training import fit, parse_args, repeatable
 from ditserve.models.text import CALL_DEFAULTS_FILE
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
@@ -138,9 +138,7 @@ def held_out_loss(pipe: StableDiffusion3Pipeline, images, labels, seed: int) -> 
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(args.threads)
+    repeatable(args)
     split = load_split()
     pipe = build_pipeline()
     ema_pipe = copy.deepcopy(pipe)
@@ -173,10 +171,8 @@ def save(pipe: StableDiffusion3Pipeline, out: Path, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser, steps=1200, batch_size=64, warmup=50, ema=0.995, dropout="prompt", threads=1,
-                  out=str(DEFAULT_OUT))  # fmt: skip
-    train(parser.parse_args(argv))
+    defaults = dict(steps=1200, batch_size=64, warmup=50, ema=0.995, dropout="prompt", threads=1, out=str(DEFAULT_OUT))
+    train(parse_args(argv, __doc__, **defaults))
 
 
 if __name__ == "__main__":

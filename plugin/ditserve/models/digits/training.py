@@ -15,6 +15,14 @@ import torch
 from torch import nn
 
 
+def repeatable(args: argparse.Namespace) -> None:
+    """Seed torch's global generator (it draws the initial weights), make every kernel deterministic and fix
+    the thread count: with `fit`'s seeded generator, the same seed gives the same weights byte for byte."""
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(args.threads)
+
+
 def fit(
     args: argparse.Namespace,
     modules: nn.Module,
@@ -82,9 +90,11 @@ def log_progress(log: list[dict], step: int, args: argparse.Namespace, loss: flo
     print(f"step {step + 1}/{args.steps}  loss {loss:.4f}  held-out (EMA) {held_out:.4f}  {elapsed:.0f}s", flush=True)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, warmup: int, ema: float,
-                  dropout: str, threads: int, out: str) -> None:  # fmt: skip
-    """The options both scripts take; `dropout` names the conditioning-dropout option (label or prompt)."""
+def parse_args(argv: list[str] | None, doc: str, *, steps: int, batch_size: int, warmup: int, ema: float,
+               dropout: str, threads: int, out: str) -> argparse.Namespace:  # fmt: skip
+    """The options both scripts take, with the script's defaults (its `doc`'s first line describes it);
+    `dropout` names the conditioning-dropout option (label or prompt)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -95,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: in
     parser.add_argument("--threads", type=int, default=threads)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--out", default=out)
+    return parser.parse_args(argv)
 
 
 def training_record(args: argparse.Namespace, dropout: str, train_images: int, start: float, log: list[dict]) -> dict:
