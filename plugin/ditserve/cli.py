@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = "builtin:digits-dit"
+REQUEST_OPTIONS = ("prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width")
+"""`generate`'s options that are the request fields of the same name."""
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -24,14 +26,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     engine = open_executor(load_config(args.config))  # a multi-process plan spawns its ranks
     request = GenerationRequest(
-        prompt=args.prompt,
-        class_label=args.class_label,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        seed=args.seed,
-        num_images=args.num_images,
-        height=args.height,
-        width=args.width,
+        **{name: getattr(args, name) for name in REQUEST_OPTIONS},
         sampler={"name": args.sampler} if args.sampler else None,
     )
     with tqdm(total=None, unit="step", desc=engine.config.model.name, disable=args.quiet) as bar:
