@@ -15,8 +15,9 @@
   is `full`.
 
 The compiled regions are installed right after the model loads, below every hook (the engine's counters,
-caches), and compile lazily on their first call — after the quantizer has rewritten the layers, so they
-compile the quantized layers too (the kernels are `torch.library` ops with fake implementations, which
+caches), and switched on once the plan is applied (`start`): a calibrating quantizer runs the model eagerly
+with its recording hooks first. They compile on their first call — after the quantizer has rewritten the
+layers, so they compile the quantized layers too (the kernels are `torch.library` ops with fake implementations, which
 `torch.compile` treats as single ops). A hook installed *inside* a compiled region (an attention-level
 cache: PAB, FasterCache) would be traced into the graph with its Python state, so a plan with one is
 refused at load with the reason. The engine's counters count at the regions, outside the compiled code:
@@ -46,13 +47,21 @@ CompileMode = Literal["none", "regional", "full", "graphs"]
 COUNTER_HOOK = "ditserve.compiled_region_counter"
 
 
-def _copied_out(compiled):
-    """`compiled` with its tensor outputs cloned: a CUDA-graph replay overwrites the previous outputs."""
+class Region:
+    """A module's `forward`, compiled: runs eager until `enabled` (the quantizer's calibration runs the model with
+    recording hooks inside the regions first), then the compiled code. With CUDA graphs its tensor outputs are
+    copied out, since the next replay overwrites them."""
 
-    def call(*args, **kwargs):
-        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+    def __init__(self, forward, options: dict) -> None:
+        self.eager, self.compiled = forward, torch.compile(forward, **options)
+        self.copy_out = options.get("mode") == "reduce-overhead"
+        self.enabled = False
 
-    return call
+    def __call__(self, *args, **kwargs):
+        if not self.enabled:
+            return self.eager(*args, **kwargs)
+        out = self.compiled(*args, **kwargs)
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, out) if self.copy_out else out
 
 
 class RegionCounter:
@@ -106,11 +115,9 @@ class Compiler:
         elif mode in ("full", "graphs"):
             self.regions = [model.transformer]
         options = {"mode": "reduce-overhead"} if mode == "graphs" and model.device.type == "cuda" else {}
-        for region in self.regions:
-            compiled = torch.compile(region.forward, **options)
-            region.forward = _copied_out(compiled) if options else compiled
-        if self.regions:
-            log.info("compile: %s (%d compiled regions, compiled on first call)", mode, len(self.regions))
+        self.compiled = [Region(region.forward, options) for region in self.regions]
+        for region, compiled in zip(self.regions, self.compiled, strict=True):
+            region.forward = compiled
 
     def _attention_layers(self, module: nn.Module) -> int:
         from diffusers.hooks._common import _ATTENTION_CLASSES
@@ -130,6 +137,15 @@ class Compiler:
             return None
         units = [(region, self._attention_layers(region)) for region in self.regions]
         return RegionCounter(self.model.transformer, units, "attention")
+
+    def start(self, model: LoadedModel, what: str) -> None:
+        """Check the hooks the plan installed (`check`), then switch the regions to their compiled code, which
+        compiles on its first call."""
+        self.check(model, what)
+        for compiled in self.compiled:
+            compiled.enabled = True
+        if self.regions:
+            log.info("compile: %s (%d compiled regions, compiled on first call)", self.mode, len(self.regions))
 
     def check(self, model: LoadedModel, what: str = "the plan") -> None:
         """Refuse hooks installed inside a compiled region (e.g. an attention-level cache), naming them."""

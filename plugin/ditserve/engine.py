@@ -288,7 +288,7 @@ class Engine(Front):
         self.quantizer.apply(self.model)
         self.cache = CACHES.get(plan.cache.name)(plan.cache)
         self.cache.apply(self.model)
-        self.compiler.check(self.model, f"cache {plan.cache.name!r}")
+        self.compiler.start(self.model, f"cache {plan.cache.name!r}")
         self.parallel.apply(self.model, placement)
         self._lock = threading.Lock()
         if self.compiler.mode != "none":  # compile now, for the default size, rather than in the first request
