@@ -70,7 +70,17 @@ def strategies() -> list[tuple[str, str]]:
 
 
 CALIBRATION = {"calibration_samples": 1, "calibration_steps": 2}
-SETTINGS = {"w8a8": CALIBRATION, "svdquant": CALIBRATION, "mixed": {**CALIBRATION, "probe_inputs": 1}}
+SETTINGS = {
+    "w8a8": CALIBRATION,
+    "svdquant": CALIBRATION,
+    "mixed": {**CALIBRATION, "probe_inputs": 1},
+    "dc-solver": {"ratios": {6: [1.0] * 6}},
+    "sampler-scheduler": {  # its stages are own solvers; dc-solver with unit ratios for the sweep's 6 steps
+        "stages": [{"sampler": {"name": "paradigms", "window": 1}, "steps": 2},
+                   {"sampler": {"name": "dc-solver", "ratios": {4: [1.0] * 4}}}],
+    },
+}  # fmt: skip
+"""Fields a strategy needs on digits-dit beyond its defaults (short calibrations; the scheduler's stages)."""
 
 
 @pytest.mark.slow
