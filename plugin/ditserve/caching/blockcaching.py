@@ -110,19 +110,11 @@ class BlockCaching(BlockCache):
     def calibrate(cls, engine, samples: int, settings: dict | None = None, directory=None) -> dict[str, Any]:
         """Record every block's residual at every step uncached; derive the change curves, simulate the
         schedule at the configured threshold, and fit each block's scale and shift on the reused steps."""
-        from ditserve.caching.calibration import calibration_requests
+        from ditserve.caching.calibration import per_request
 
         threshold = float((settings or {}).get("threshold", BlockCachingConfig.model_fields["threshold"].default))
         recorder = ResidualRecorder(None)
-        recorder.apply(engine.model)
-        runs = []
-        try:
-            for request in calibration_requests(engine, samples):
-                recorder.reset()
-                engine.generate(request)
-                runs.append((recorder.progress_log, recorder.log))
-        finally:
-            recorder.remove()
+        runs = per_request(engine, recorder, samples, lambda: (recorder.progress_log, recorder.log))
         blocks = len(recorder.blocks)
         changes = [
             [[relative_l1(log[k][b], log[k - 1][b]) for b in range(blocks)] for k in range(1, len(log))]

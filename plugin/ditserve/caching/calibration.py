@@ -1,9 +1,8 @@
-"""`ditserve calibrate --cache NAME --config X`: measure what a cache needs on a model, write it to the YAML.
+"""What the caches' calibrations share, and the calibrations a checkpoint ships.
 
-The model runs uncached (its plan's sampler and guidance, fixed seeds) while the strategy's
-`calibrate` observes it; the fields it returns go into the YAML's `plan.cache`, which then names that
-strategy (its other fields kept when it already did). The rest of the file is rewritten as parsed
-(comments are lost).
+`ditserve calibrate --cache NAME --config X` (ditserve/calibrate.py, the one calibration path) runs a
+cache's `calibrate` on the model uncached and writes the fields it returns into the YAML; the recording
+caches and the per-request loop they run under are here.
 
 A checkpoint can also ship its calibrations, so that any cache works on it without a calibration run
 (the embedded digits models do): `python -m ditserve.caching.calibration --config X --cache NAME`
@@ -19,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from ditserve.caching.blocks import BlockCache, relative_l1
-from ditserve.config import BUILTIN_PREFIX, load_config
+from ditserve.config import load_config
 from ditserve.registry import CACHES
 
 if TYPE_CHECKING:
@@ -37,54 +36,22 @@ SHIPPED_FOLDER = "calibration"
 """The folder of a checkpoint that holds its shipped cache calibrations, one `<cache name>.json` each."""
 
 
-def config_file(config: str) -> Path:
-    """The YAML file behind a config argument (`builtin:<name>` is the shipped file in the package)."""
-    if config.startswith(BUILTIN_PREFIX):
-        return Path(__file__).parent.parent / "configs" / f"{config[len(BUILTIN_PREFIX) :]}.yaml"
-    return Path(config)
+def per_request(engine, recorder: BlockCache, samples: int, collect, steps: Sequence[int] = ()) -> list:
+    """Run the calibration requests (`ditserve.calibrate.calibration_requests`) one at a time with the
+    recording cache `recorder` applied and reset before each; return `collect()` after each request.
+    `steps`, when given, are the step counts the requests take in turn (else the plan's)."""
+    from ditserve.calibrate import calibration_requests
 
-
-def calibrate(config: str, cache: str, samples: int) -> dict[str, Any]:
-    """Calibrate cache `cache` on the model of `config`, write the result into that YAML, return it."""
-    from ditserve.engine import Engine
-
-    strategy = CACHES.get(cache)
-    loaded = load_config(config)
-    plan = loaded.plan.model_copy(update={"cache": CACHES.parse({"name": "none"}, "plan.cache")})
-    engine = Engine(loaded.model_copy(update={"plan": plan}))
-    path = config_file(config)
-    data = yaml.safe_load(path.read_text())
-    section = data.setdefault("plan", {}).get("cache") or {}
-    if isinstance(section, str):
-        section = {"name": section}
-    settings = {k: v for k, v in section.items() if k != "name"} if section.get("name") == cache else {}
-    fields = strategy.calibrate(engine, samples, settings, path.resolve().parent)
-    section = {**section, **fields} if section.get("name") == cache else {"name": cache, **fields}
-    CACHES.parse(section, "plan.cache")  # what is written must load
-    data["plan"]["cache"] = section
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return fields
-
-
-EXAMPLE_PROMPTS_FILE = "example_prompts.json"
-"""A checkpoint's own prompts (a JSON list), in the order calibration cycles through them."""
-STOCK_PROMPTS = ("a photo of a cat", "a mountain lake at dawn", "a red bicycle", "an old city street")
-
-
-def calibration_requests(engine, samples: int) -> list:
-    """`samples` requests with fixed seeds, for every calibration of a cache or a sampler: every class
-    in turn for class models; for text models the prompts the checkpoint ships in `example_prompts.json`
-    (digits-flow: its training prompts, every digit in turn), else stock prompts. Statistics of a model on
-    prompts it never saw do not describe how it samples: DPM-Solver-v3 calibrated on the stock prompts
-    reached 16 dB on digits-flow at 5 steps, on its own prompts 26.5 dB (sampling/dpm_solver_v3.py)."""
-    from ditserve.request import GenerationRequest
-
-    if engine.adapter.conditioning == "class":
-        labels = sorted(engine.model.id2label) or list(range(10))
-        return [GenerationRequest(class_label=labels[k % len(labels)], seed=1000 + k) for k in range(samples)]
-    path = engine.model.path / EXAMPLE_PROMPTS_FILE
-    prompts = json.loads(path.read_text()) if path.is_file() else STOCK_PROMPTS
-    return [GenerationRequest(prompt=prompts[k % len(prompts)], seed=1000 + k) for k in range(samples)]
+    recorder.apply(engine.model)
+    runs = []
+    try:
+        for k, request in enumerate(calibration_requests(engine, samples)):
+            recorder.reset()
+            engine.generate(request.model_copy(update={"steps": steps[k % len(steps)]}) if steps else request)
+            runs.append(collect())
+    finally:
+        recorder.remove()
+    return runs
 
 
 class ChangeRecorder(BlockCache):
@@ -108,15 +75,7 @@ def block_change_curves(engine, samples: int) -> np.ndarray:
     """Mean relative L1 change of every block's residual between adjacent steps, over `samples` uncached
     requests: shape (steps − 1, blocks), row k − 1 for the change from step k − 1 to step k."""
     recorder = ChangeRecorder(None)
-    recorder.apply(engine.model)
-    runs = []
-    try:
-        for request in calibration_requests(engine, samples):
-            recorder.reset()
-            engine.generate(request)
-            runs.append([recorder.changes[call] for call in sorted(recorder.changes)])
-    finally:
-        recorder.remove()
+    runs = per_request(engine, recorder, samples, lambda: [recorder.changes[call] for call in sorted(recorder.changes)])
     return np.asarray(runs, dtype=float).mean(axis=0)
 
 
@@ -155,11 +114,11 @@ def ship(config: str, cache: str, samples: int, settings: dict[str, Any] | None 
     """Calibrate cache `cache` on the model of `config` (uncached, the plan's sampler and guidance; `settings`:
     the strategy's fields the calibration reads, e.g. Learning-to-Cache's `sparsity`) and write the result
     into the checkpoint's `calibration/<cache>.json`; return that path."""
-    from ditserve.engine import Engine, resolve_model_path
+    from ditserve.calibrate import calibration_engine
+    from ditserve.engine import resolve_model_path
 
     loaded = load_config(config)
-    plan = loaded.plan.model_copy(update={"cache": CACHES.parse({"name": "none"}, "plan.cache")})
-    engine = Engine(loaded.model_copy(update={"plan": plan}))
+    engine = calibration_engine(loaded, "cache")
     path = shipped_file(resolve_model_path(loaded.resolved_path()), cache)
     path.parent.mkdir(exist_ok=True)
     fields = CACHES.get(cache).calibrate(engine, samples, settings or {}, path.parent)

@@ -107,7 +107,7 @@ class LearningToCache(BlockCache):
 def learn_router(engine, samples: int, sparsity: float, epochs: int = 30) -> tuple[list[float], list[list[float]]]:
     """Record uncached runs, then fit one router row per step by gradient descent, the model frozen."""
     from ditserve.caching.blockcaching import ResidualRecorder
-    from ditserve.caching.calibration import calibration_requests
+    from ditserve.caching.calibration import per_request
 
     model = engine.model
     transformer = model.transformer
@@ -121,22 +121,21 @@ def learn_router(engine, samples: int, sparsity: float, epochs: int = 30) -> tup
         calls[-1] = (args, kwargs, output[0] if isinstance(output, tuple) else output)
 
     recorder = ResidualRecorder(None)
-    recorder.apply(model)
     hooks = [
         transformer.register_forward_pre_hook(keep_inputs, with_kwargs=True),
         transformer.register_forward_hook(keep_output, with_kwargs=True),
     ]
-    runs = []
+
+    def collect() -> tuple:
+        run = (list(calls), recorder.log, recorder.progress_log)
+        calls.clear()
+        return run
+
     try:
-        for request in calibration_requests(engine, samples):
-            recorder.reset()
-            calls.clear()
-            engine.generate(request)
-            runs.append((list(calls), recorder.log, recorder.progress_log))
+        runs = per_request(engine, recorder, samples, collect)
     finally:
         for hook in hooks:
             hook.remove()
-        recorder.remove()
 
     blocks = recorder.blocks
     steps = len(runs[0][2])

@@ -86,26 +86,25 @@ class TeaCache(BlockCache):
         requests take turns at the step counts in `CALIBRATION_STEPS`: a step's input change grows as the
         steps get fewer, and a quartic fitted at one step count extrapolates wildly outside the changes it
         saw (fitted at 50 steps on digits-flow it predicted 0.14 for a 20-step change of 0.05)."""
-        from ditserve.caching.calibration import calibration_requests
+        from ditserve.caching.calibration import per_request
 
         recorder = cls(TeaCacheConfig(threshold=0.0, coefficients=[1.0, 0.0]))
-        recorder.apply(engine.model)
         outputs: list[torch.Tensor] = []
         hook = engine.model.transformer.register_forward_hook(
             lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)
         )
         xs: list[float] = []
         ys: list[float] = []
+
+        def collect() -> None:
+            ys.extend(relative_l1(new, old) for old, new in zip(outputs, outputs[1:], strict=False))
+            xs.extend(recorder.changes)
+            outputs.clear()
+
         try:
-            for k, request in enumerate(calibration_requests(engine, samples)):
-                recorder.reset()
-                outputs.clear()
-                engine.generate(request.model_copy(update={"steps": CALIBRATION_STEPS[k % len(CALIBRATION_STEPS)]}))
-                ys += [relative_l1(new, old) for old, new in zip(outputs, outputs[1:], strict=False)]
-                xs += recorder.changes
+            per_request(engine, recorder, samples, collect, CALIBRATION_STEPS)
         finally:
             hook.remove()
-            recorder.remove()
         if len(xs) < 5:
             raise ValueError("calibration saw fewer than 5 steps; give more samples or steps")
         fit = np.polyfit(np.asarray(xs), np.asarray(ys), deg=4)

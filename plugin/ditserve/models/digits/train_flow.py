@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
 
-from ditserve.caching.calibration import EXAMPLE_PROMPTS_FILE
+from ditserve.calibrate import EXAMPLE_PROMPTS_FILE
 from ditserve.models.digits.data import IMAGE_SIDE, load_split
 from ditserve.models.digits.prompts import (
     MAX_TOKENS,
