@@ -21,8 +21,7 @@ import torch
 from pydantic import Field
 
 from ditserve.caching.base import CacheConfig
-from ditserve.caching.blocks import BlockCache
-from ditserve.caching.trajectory import static_full_step
+from ditserve.caching.fora import Fora
 from ditserve.registry import CACHES
 
 
@@ -40,26 +39,16 @@ class ABCacheConfig(CacheConfig):
 
 
 @CACHES.register("ab-cache")
-class ABCache(BlockCache):
-    """AB-Cache: extrapolate every block's residual from its last full steps (Adams–Bashforth)."""
+class ABCache(Fora):
+    """AB-Cache: extrapolate every block's residual from its last full steps (Adams–Bashforth).
+
+    FORA's schedule of full steps; where FORA reuses the last residual, AB-Cache extrapolates it."""
 
     Config = ABCacheConfig
 
     def reset(self) -> None:
         super().reset()
         self.history: dict[int, list[tuple[int, dict[str, torch.Tensor]]]] = {}
-        self.last_full = 0.0
-
-    def begin_call(self) -> None:
-        config = self.config
-        self.full = static_full_step(
-            self.call, self.progress, self.last_full, config.warmup, config.interval, config.spacing
-        )
-        if self.full:
-            self.last_full = self.progress
-
-    def compute(self, index, block, args, kwargs) -> bool:
-        return self.full
 
     def after_block(self, index, inputs, outputs) -> None:
         if self.config.order:
