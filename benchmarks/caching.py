@@ -547,6 +547,7 @@ def write(report: Report) -> None:
     goals = goal_lines(report.rows, report.settings)
     output.write_text(to_markdown(report, goals))
     meta = {k: v for k, v in asdict(report).items() if k not in ("rows", "settings")}
+    meta["args"] = meta["args"] | {"output": output.name}  # the file's own name, not this machine's path
     meta |= {"goals": goals, "uncached": {f"{m} {s}": d for (m, s), d in report.settings.items()}}
     rows = [asdict(r) | {"wall": r.wall} for r in report.rows]
     output.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
