@@ -1,21 +1,28 @@
-"""ParaTAA (Tang, Tang, Luo, Zhang, Chen, 2024, "Accelerating Parallel Sampling of Diffusion Models",
+"""ParaTAA (Tang, Tang, Luo, Wang, Chang, 2024, "Accelerating Parallel Sampling of Diffusion Models",
 ICML 2024, arXiv 2402.09970).
 
 Same fixed-point problem as ParaDiGMS (the DDIM trajectory X = G(X), G_j(X) = x_k + Σ_{i<j}(F_i(x_i) − x_i),
-all points evaluated in one batched model call per round), solved by *triangular Anderson
-acceleration* instead of plain Picard iteration. Anderson acceleration mixes the last `history`
-iterates: with residual f = G(X) − X and the recent differences ΔX, ΔF, it takes γ = argmin‖f − ΔF γ‖ and
-X ← X + f − (ΔX + ΔF) γ. The system is triangular — point j depends only on points before it — so
-each point gets its own γ_j fitted on the residuals of the points up to j only (cumulative least squares),
-which keeps the causality Picard has and converges in far fewer rounds. The first unfinished point is
-always set by plain Picard (it is then exact), so every round finishes at least one step. By default the
-window is the whole remaining trajectory, the paper's setting; a point is final once its residual is
-at most `tolerance` times σ there (ParaDiGMS's criterion).
+the points of a window evaluated in one batched model call per round), solved by *triangular Anderson
+acceleration* (TAA) instead of plain Picard iteration X ← G(X).
+
+Anderson acceleration is a multisecant quasi-Newton step: from the last `history` differences of the iterates
+ΔX and of their residuals ΔR (R = G(X) − X) it takes X ← X + R − (ΔX + ΔR) γ with γ = argmin ‖R − ΔR γ‖. The
+inverse Jacobian of this system is block lower triangular (point j depends only on the points before it);
+asking the quasi-Newton matrix to be triangular as well gives each point j its own γ_j, fitted on the
+residuals of the window's points up to j only (the paper's TAA). So:
+- every point keeps the history of its own iterates and residuals across rounds, also while the window
+  slides (a point that just entered the window has fewer; its γ uses as many differences as it has, which
+  the points before it — older in the window — have too);
+- safeguard: the first unfinished point takes the plain Picard update, which is exact since every point
+  before it is final, so every round finishes at least one step and the solve ends within as many rounds as
+  the sequential sampler has steps, whatever the acceleration does; a point with no history yet also takes
+  the Picard update, and the fits are ridge-regularized against ill-conditioned differences.
+A point is final once its residual is at most `tolerance` times σ there (ParaDiGMS's criterion).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -23,10 +30,12 @@ from ditserve.registry import SAMPLERS
 from ditserve.sampling.ode import ODESamplerConfig
 from ditserve.sampling.paradigms import PicardSampler
 
+if TYPE_CHECKING:
+    import torch
+
 TOLERANCE = 0.1
-"""Default `tolerance` (relative to σ), from the ParaDiGMS sweep: Anderson acceleration converges in fewer
-rounds, so a tighter tolerance fits the goal with margin (20 steps: 2.5× at 51 dB on digits-dit, 2.2× at 56 dB
-on digits-flow; 50 steps: 5.6× at 46 dB, 5.0× at 52 dB); 0.3 fell to 34 dB at 50 steps on digits-dit."""
+"""Default `tolerance` (relative to σ): Anderson acceleration converges in fewer rounds than Picard iteration,
+so it affords a tighter tolerance than ParaDiGMS for the same rounds (benchmarks/results/sampling.md)."""
 
 
 class ParaTAAConfig(ODESamplerConfig):
@@ -36,7 +45,7 @@ class ParaTAAConfig(ODESamplerConfig):
     window: int | None = Field(None, ge=1, le=1000)
     """Steps evaluated together in one batched call; None: every remaining step (the paper's setting)."""
     history: int = Field(3, ge=1, le=16)
-    """Past iterates Anderson acceleration mixes."""
+    """m: the differences of past iterates each Anderson step mixes (the paper keeps m + 1 = 2–5 iterates)."""
     tolerance: float = Field(TOLERANCE, gt=0.0, le=1.0)
     """A point is final once its root-mean-square residual is at most this times σ at its timestep (as ParaDiGMS)."""
     regularization: float = Field(1e-6, ge=0.0, le=1.0)
@@ -52,25 +61,23 @@ class ParaTAA(PicardSampler):
     def integrate(self, denoise, x, taus, progress):
         import torch
 
-        config = self.config
         steps = len(taus) - 1
-        window = config.window or steps
+        window = self.config.window or steps
         a, b = self.step_terms(taus)
         limits = self.thresholds(taus)
         xs = [x] * (steps + 1)
-        start, history, previous = 0, [], None
+        memory: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # point → its (iterate, residual), oldest first
+        start = 0
         while start < steps:
             end = min(start + window, steps)
             deltas = self.updates(denoise, xs[start:end], taus[start:end], (a[start:end], b[start:end]))
-            current = torch.stack(xs[start + 1 : end + 1])  # (points, batch, ...)
-            picard = xs[start] + torch.cumsum(torch.stack(deltas), dim=0)
-            residual = picard - current
-            if previous is not None and previous[0] == (start, end):
-                history = [*history, (current - previous[1], residual - previous[2])][-config.history :]
-            else:
-                history = []  # the window moved: the old differences belong to other points
-            new = self.accelerate(current, residual, history) if history else picard
-            new[0] = picard[0]  # exact: the first unfinished point follows from a final one
+            current = torch.stack(xs[start + 1 : end + 1])  # (points, batch, ...): points start+1 … end
+            residual = xs[start] + torch.cumsum(torch.stack(deltas), dim=0) - current
+            for j, point in enumerate(range(start + 1, end + 1)):
+                kept = [*memory.get(point, []), (current[j], residual[j])]
+                memory[point] = kept[-self.config.history - 1 :]
+            new = self.triangular_anderson([memory[k] for k in range(start + 1, end + 1)], current, residual)
+            new[0] = current[0] + residual[0]  # safeguard: the first unfinished point by Picard (exact)
             sizes = residual.pow(2).flatten(2).mean(dim=2).sqrt().amax(dim=1)  # per point, worst image
             advance = 1
             while advance < end - start and float(sizes[advance]) <= limits[start + advance + 1]:
@@ -78,27 +85,42 @@ class ParaTAA(PicardSampler):
             for j in range(end - start):
                 xs[start + 1 + j] = new[j]
             for k in range(end + 1, min(end + advance, steps) + 1):
-                xs[k] = xs[end]
+                xs[k] = xs[end]  # points entering the window start from the newest estimate
+            for k in range(start + 1, start + advance + 1):
+                memory.pop(k, None)  # final: its history is no longer needed
             start += advance
-            if min(start + window, steps) == end:  # same unknowns, minus the finished ones
-                previous = (start, end), current[advance:], residual[advance:]
-                history = [(dx[advance:], df[advance:]) for dx, df in history]
-            else:  # a sliding window gains new points: start the history afresh
-                previous, history = None, []
             progress(start, xs[start])
         return xs[steps]
 
-    def accelerate(self, current, residual, history):
-        """Triangular Anderson step: per point j, γ_j fitted on the residuals of points ≤ j."""
+    def triangular_anderson(self, memories, current: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """TAA's update of the window's points: point j mixes d_j = min(history, iterates − 1) differences, γ_j
+        fitted per image on the residual differences of points ≤ j; d_j = 0 is the Picard update.
+
+        Points enter the window in order, so d is non-increasing along it and the points before j have at least
+        d_j differences from the same rounds: their newest d_j columns are valid where point j uses them."""
         import torch
 
-        dx = torch.stack([h[0] for h in history], dim=-1).flatten(2, -2)  # (points, batch, dims, m)
-        df = torch.stack([h[1] for h in history], dim=-1).flatten(2, -2)
-        f = residual.flatten(2)  # (points, batch, dims)
-        gram = torch.cumsum(df.transpose(-1, -2) @ df, dim=0)  # (points, batch, m, m)
-        rhs = torch.cumsum((df.transpose(-1, -2) @ f.unsqueeze(-1)), dim=0)  # (points, batch, m, 1)
-        scale = gram.diagonal(dim1=-2, dim2=-1).mean(dim=-1, keepdim=True).unsqueeze(-1)
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        gamma = torch.linalg.solve(gram + (self.config.regularization * scale + 1e-30) * eye, rhs)
-        step = f - ((dx + df) @ gamma).squeeze(-1)
-        return current + step.reshape(current.shape)
+        counts = [len(m) - 1 for m in memories]
+        width = max(counts)
+        new = current + residual
+        if width == 0:
+            return new
+        points = len(memories)
+        dx = current.new_zeros((points, *current.shape[1:2], current[0, 0].numel(), width))  # newest difference first
+        df = torch.zeros_like(dx)
+        for j, m in enumerate(memories):
+            for c in range(counts[j]):
+                dx[j, ..., c] = (m[-1 - c][0] - m[-2 - c][0]).flatten(1)
+                df[j, ..., c] = (m[-1 - c][1] - m[-2 - c][1]).flatten(1)
+        f = residual.flatten(2).unsqueeze(-1)  # (points, batch, dims, 1)
+        gram = torch.cumsum(df.transpose(-1, -2) @ df, dim=0)  # (points, batch, width, width): Σ over points ≤ j
+        rhs = torch.cumsum(df.transpose(-1, -2) @ f, dim=0)
+        for d in sorted(set(counts) - {0}):
+            rows = [j for j in range(points) if counts[j] == d]
+            g, r = gram[rows][..., :d, :d], rhs[rows][..., :d, :]
+            scale = g.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None]
+            eye = torch.eye(d, dtype=g.dtype, device=g.device)
+            gamma = torch.linalg.solve(g + (self.config.regularization * scale + 1e-30) * eye, r)
+            step = ((dx[rows][..., :d] + df[rows][..., :d]) @ gamma).squeeze(-1)
+            new[rows] = new[rows] - step.reshape(new[rows].shape)
+        return new
