@@ -101,9 +101,16 @@ class ServeLimits(_Section):
     `batch_wait_ms`)."""
     batch_images: int = Field(8, ge=1, le=256)
     """Images the scheduler packs into one batched model call (requests with more run alone)."""
-    pad_batches: bool = True
-    """Pad every batched call to `batch_images` so an image's arithmetic never depends on its batch-mates:
-    a batched image is then bit-identical to the same request served alone (costs compute when idle)."""
+    batching: Literal["continuous", "static"] = "continuous"
+    """`continuous`: the batch is formed again at every denoising step, so a request joins the running one at
+    the next step and leaves as soon as it is done (requests whose cache or sampler cannot run beside other
+    steps still batch statically by plan); `static`: a batch of requests with the same plan runs to its end.
+    `batch_wait_ms` and `batch_wait_max_ms` apply to static batches only."""
+    pad_batches: bool = False
+    """Pad every batched model call to a fixed shape so an image's arithmetic never depends on its batch-mates:
+    a batched image is then bit-identical to the same request served alone. Continuous batching pads every
+    call to 2 × `batch_images` rows, static batching every batch to `batch_images` images: a lone request
+    then costs a full batch."""
     timeout_s: float = Field(120.0, gt=0.0, le=86_400.0)
     """A request still unfinished after this many seconds is cancelled."""
     allow_overrides: bool = True

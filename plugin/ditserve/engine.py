@@ -96,6 +96,24 @@ class Job:
         return (self.steps, self.height, self.width, self.guidance, sampler, cache)
 
 
+@dataclass
+class StartInputs:
+    """Where the sampling loop of a batch of jobs starts."""
+
+    kwargs: dict[str, torch.Tensor]
+    """Transformer inputs, one row per image; with classifier-free guidance the conditional rows, then the
+    unconditional ones."""
+    use_cfg: bool
+    """Whether every model call runs the conditional and the unconditional rows (guidance > 1, not distilled)."""
+    shape: tuple[int, ...]
+    """One image's latent shape."""
+    generators: list[torch.Generator]
+    """One per image, seeded with its seed: the noise below, then any noise the sampler draws."""
+    noise: torch.Tensor
+    schedule: dict
+    """The family's per-request timestep settings (`FamilyAdapter.schedule_kwargs`)."""
+
+
 def load_model(config: ModelConfig, device: torch.device | None = None) -> LoadedModel:
     """The model `config` names, on `device` (default: the config's); on `meta` it has shapes and no weights."""
     adapter = get_adapter(config.model.family)
@@ -339,24 +357,37 @@ class Engine(Front):
             start = end
         return results
 
-    def _run(self, jobs: list[Job], on_progress, cancel, deadline) -> tuple[torch.Tensor, GenerationStats]:
-        first = jobs[0]
+    def start_inputs(self, jobs: list[Job]) -> StartInputs:
+        """What the sampling loop of `jobs` (one `Job.batch_key`) starts from; the step loop
+        (`ditserve.continuous`) starts every request it admits from here too, so both give the same images."""
+        first, model, adapter = jobs[0], self.model, self.adapter
         subjects = [job.subject for job in jobs for _ in job.seeds]
         seeds = [seed for job in jobs for seed in job.seeds]
-        stats = GenerationStats(batch_size=len(seeds))
-        started = time.perf_counter()
-        model, adapter, guidance = self.model, self.adapter, first.guidance
-        embedded_guidance = adapter.guidance_inputs(model, guidance, len(seeds))  # guidance-distilled models
-        use_cfg = guidance > 1.0 and embedded_guidance is None
+        embedded_guidance = adapter.guidance_inputs(model, first.guidance, len(seeds))  # guidance-distilled models
+        use_cfg = first.guidance > 1.0 and embedded_guidance is None
         conditioning = adapter.condition(model, subjects, guidance=use_cfg)
         kwargs = conditioning.cond | (embedded_guidance or {})
         if use_cfg:
             kwargs = {key: torch.cat([value, conditioning.uncond[key]]) for key, value in kwargs.items()}
-        stats.seconds["condition"] = time.perf_counter() - started
-
         shape = adapter.latent_shape(model, first.height, first.width)
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
+        schedule = adapter.schedule_kwargs(model, shape, first.steps)
+        return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule)
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Sampler latents → images in [0, 1] on the CPU."""
+        return ((self.adapter.decode(self.model, latents) + 1) / 2).clamp(0, 1).cpu()
+
+    def _run(self, jobs: list[Job], on_progress, cancel, deadline) -> tuple[torch.Tensor, GenerationStats]:
+        first = jobs[0]
+        seeds = [seed for job in jobs for seed in job.seeds]
+        stats = GenerationStats(batch_size=len(seeds))
+        started = time.perf_counter()
+        model, adapter, guidance = self.model, self.adapter, first.guidance
+        start = self.start_inputs(jobs)
+        kwargs, use_cfg, generators, noise = start.kwargs, start.use_cfg, start.generators, start.noise
+        stats.seconds["condition"] = time.perf_counter() - started
         blocks_before = self.block_counter.count
         attention_before = self.attention_counter.count
 
@@ -379,11 +410,10 @@ class Engine(Front):
 
         self._check_cancel(0, cancel, deadline)
         denoise_started = time.perf_counter()
-        schedule = adapter.schedule_kwargs(model, shape, first.steps)
-        latents = first.sampler.sample(denoise, noise, first.steps, generators, on_step, schedule)
+        latents = first.sampler.sample(denoise, noise, first.steps, generators, on_step, start.schedule)
         stats.seconds["denoise"] = time.perf_counter() - denoise_started
         decode_started = time.perf_counter()
-        images = ((adapter.decode(model, latents) + 1) / 2).clamp(0, 1).cpu()
+        images = self.to_images(latents)
         stats.seconds["decode"] = time.perf_counter() - decode_started
         stats.block_evaluations = self.block_counter.count - blocks_before
         stats.block_evaluations_full = stats.model_evaluations * self.blocks_per_call

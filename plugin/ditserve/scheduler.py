@@ -2,23 +2,31 @@
 
 Requests are validated when they are submitted (so a bad one costs no model work and never waits),
 admitted only while fewer than `max_queue` are waiting or running (else `QueueFull`, which
-transports turn into 429 / RESOURCE_EXHAUSTED), and run by one worker thread. The worker packs
-compatible requests (same `Job.batch_key`: steps, size, guidance, sampler) into one model call of at
-most `batch_images` images. It waits for company up to `batch_wait_ms` after the last request that
-joined, up to `batch_wait_max_ms` in all: a fixed window from the first request missed the clients
-that the previous batch had just answered whenever their answers and new requests took longer than
-the window (on a 2-core CPU the batches at 16 clients held 8 to 11 images instead of 16).
+transports turn into 429 / RESOURCE_EXHAUSTED), and run by one worker thread.
 
-Bit-identity: CPU and GPU matrix products round differently for different batch shapes, so an
-image computed next to others can differ in the last bits from the same image computed alone. With
-`pad_batches` every batched call is padded with filler images to exactly `batch_images`, so every
-image of an admitted request runs through the same shapes whatever its batch-mates are; its pixels
-depend only on its own request and seed (rows of a fixed-shape product do not mix). The price is
-compute when the server is idle; benchmarks/serving.py measures it.
+Continuous batching (`limits.batching`, the default, on a local `Engine`): the worker drives the step loop
+(`ditserve.continuous`). At every step boundary queued requests join the running batch up to `batch_images`
+images, with their own steps, guidance, sampler and seeds, and finished ones are answered at once; a lone
+request starts at once and pays for no batch-mates. Requests whose cache or sampler cannot share a call with
+other steps (`continuous.mixing_problem`) run statically: when the oldest queued request is such, no request
+joins the running batch past it, and it runs once that batch has drained.
 
-Cancellation: each ticket has its own cancel flag and deadline. At every step boundary the worker
-resolves tickets whose client gave up (their callers get `Cancelled` at once) and stops the model
-call when no ticket in the batch still wants it — within one step.
+Static batching packs compatible requests (same `Job.batch_key`: steps, size, guidance, sampler) into one
+model call of at most `batch_images` images that runs to its end. It waits for company up to `batch_wait_ms`
+after the last request that joined, up to `batch_wait_max_ms` in all: a fixed window from the first request
+missed the clients that the previous batch had just answered whenever their answers and new requests took
+longer than the window (on a 2-core CPU the batches at 16 clients held 8 to 11 images instead of 16).
+
+Bit-identity: CPU and GPU matrix products round differently for different batch shapes, so an image computed
+next to others can differ in the last bits from the same image computed alone. With `pad_batches` every model
+call has a fixed shape (continuous: 2 × `batch_images` rows; static: `batch_images` images), so every image
+of an admitted request runs through the same shapes whatever its batch-mates are; its pixels depend only on
+its own request and seed (rows of a fixed-shape product do not mix). The price is compute when the server is
+not full; benchmarks/serving.py measures it.
+
+Cancellation: each ticket has its own cancel flag and deadline. At every step boundary the worker resolves
+tickets whose client gave up (their callers get `Cancelled` at once): in a continuous batch the others go on;
+a static batch's model call stops when no ticket in it still wants it — within one step.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ditserve.config import ServeLimits
+from ditserve.continuous import StepLoop, Trajectory, mixing_problem
 from ditserve.engine import Engine, Job
 from ditserve.errors import Cancelled
 from ditserve.request import GenerationRequest, GenerationResult, ProgressEvent
@@ -75,6 +84,8 @@ class Ticket:
     submitted: float = field(default_factory=time.monotonic)
     finished: bool = False
     """Set once, under the scheduler's lock, when the ticket leaves the admitted count."""
+    mixes: bool = False
+    """Whether it may join a continuous batch (`continuous.mixing_problem`)."""
 
     @property
     def images(self) -> int:
@@ -96,7 +107,8 @@ class SchedulerHooks:
 
     def step_done(self, seconds: float) -> None: ...
 
-    def batch_done(self, result: GenerationResult) -> None: ...
+    def blocks_done(self, computed: int, full: int) -> None:
+        """Transformer blocks computed by finished model work, and those the same calls would compute uncached."""
 
 
 class _BatchCancel:
@@ -120,6 +132,7 @@ class Scheduler:
         self._admitted = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._steps = self._step_loop()
         self._thread = threading.Thread(target=self._work, name="ditserve-scheduler", daemon=True)
         self._thread.start()
 
@@ -148,6 +161,7 @@ class Scheduler:
         limit = self.limits.timeout_s if timeout_s is None else min(timeout_s, self.limits.timeout_s)
         expires = time.monotonic() + limit if deadline else None
         ticket = Ticket(request, job, expires, on_progress, max(0, preview_every))
+        ticket.mixes = self._steps is not None and mixing_problem(self.engine, job) is None
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
@@ -202,20 +216,22 @@ class Scheduler:
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._run(batch)
+            with self._cond:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._cond.wait()
+                mixes = self._queue[0].mixes
+            if mixes:
+                self._run_steps()
+            else:
+                self._run(self._next_batch())
 
-    def _next_batch(self) -> list[Ticket] | None:
+    def _next_batch(self) -> list[Ticket]:
         """The oldest ticket plus compatible ones, up to `batch_images`; waits `batch_wait_ms` after the last one
         that joined, `batch_wait_max_ms` at most."""
         cap, gap = self.limits.batch_images, self.limits.batch_wait_ms / 1000
         with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait()
             first = self._queue.popleft()
             batch, images = [first], first.images
             now = time.monotonic()
@@ -299,10 +315,103 @@ class Scheduler:
             for ticket in batch:
                 self._finish(ticket, exception=err)
             return
-        self.hooks.batch_done(results[0])
+        self.hooks.blocks_done(results[0].stats.block_evaluations, results[0].stats.block_evaluations_full)
         for ticket, result in zip(batch, results, strict=False):
             stats = replace(result.stats, seconds={**result.stats.seconds, "queue": now - ticket.submitted})
             self._finish(ticket, replace(result, stats=stats))
+
+    # -- continuous batching ----------------------------------------------------------------------
+
+    def _step_loop(self) -> StepLoop | None:
+        """The step loop of continuous batching, on a local engine (a multi-process executor batches statically)."""
+        if self.limits.batching != "continuous" or not isinstance(self.engine, Engine):
+            return None
+        pad_rows = 2 * self.limits.batch_images if self.limits.pad_batches else 0
+        return StepLoop(self.engine, pad_rows, self._step_progress, self._leave, self._must_stop)
+
+    def _run_steps(self) -> None:
+        """Run the step loop until its batch is empty, admitting queued requests at every step boundary."""
+        loop = self._steps
+        with torch.inference_mode():
+            while True:
+                joined = self._joiners(loop.images, loop.running[0].ticket if loop.running else None)
+                now = time.monotonic()
+                for ticket in joined:
+                    reason = self._gone(ticket, now)
+                    if reason is not None:
+                        self._finish(ticket, exception=Cancelled(0, reason))
+                        continue
+                    try:
+                        trajectory = loop.admit(ticket.job, ticket)
+                    except Exception as err:  # e.g. conditioning failed: this request fails, the batch goes on
+                        log.exception("admitting a request failed")
+                        self._finish(ticket, exception=err)
+                        continue
+                    trajectory.stats.seconds["queue"] = now - ticket.submitted
+                if not loop.running:
+                    return
+                started = time.perf_counter()
+                images, padding, blocks = loop.step()
+                if images:
+                    self.hooks.batch_started(images, padding, [now - t.submitted for t in joined])
+                    self.hooks.step_done(time.perf_counter() - started)
+                    self.hooks.blocks_done(blocks, self.engine.blocks_per_call)
+
+    def _joiners(self, running_images: int, running: Ticket | None) -> list[Ticket]:
+        """Queued tickets that join the continuous batch now, oldest first: while they fit in `batch_images`
+        (the first into an empty batch always), have the running batch's image size, and none older is waiting
+        for a static batch."""
+        room = self.limits.batch_images - running_images
+        shape = None if running is None else (running.job.height, running.job.width)
+        joined = []
+        with self._cond:
+            while self._queue and self._queue[0].mixes:
+                ticket = self._queue[0]
+                fits = ticket.images <= room or (running is None and not joined)
+                if not fits or (shape is not None and (ticket.job.height, ticket.job.width) != shape):
+                    break
+                shape = (ticket.job.height, ticket.job.width)
+                joined.append(self._queue.popleft())
+                room -= ticket.images
+            if joined:
+                self.hooks.queue_depth(len(self._queue))
+        return joined
+
+    @staticmethod
+    def _gone(ticket: Ticket, now: float) -> str | None:
+        """Why a ticket's client no longer wants its result, or None."""
+        if ticket.cancelled.is_set():
+            return "cancelled"
+        return "deadline exceeded" if ticket.expired(now) else None
+
+    def _must_stop(self, trajectory: Trajectory) -> BaseException | None:
+        reason = self._gone(trajectory.ticket, time.monotonic())
+        return None if reason is None else Cancelled(trajectory.stats.steps, reason)
+
+    def _step_progress(self, trajectory: Trajectory, event: ProgressEvent) -> None:
+        """After each of a request's steps (on its sampler's thread): report it, or stop it if it is gone."""
+        ticket = trajectory.ticket
+        reason = self._gone(ticket, time.monotonic())
+        if reason is not None:
+            raise Cancelled(event.step, reason)
+        if ticket.on_progress is not None:
+            self._report(ticket, event, (0, ticket.images))
+
+    def _leave(self, trajectory: Trajectory) -> None:
+        """Answer a request that left the continuous batch: finished, stopped or failed."""
+        ticket = trajectory.ticket
+        if trajectory.error is not None:
+            if not isinstance(trajectory.error, Cancelled):
+                log.error("a request in a continuous batch failed", exc_info=trajectory.error)
+            self._finish(ticket, exception=trajectory.error)
+            return
+        try:
+            result = self._steps.result(trajectory)
+        except Exception as err:
+            log.exception("decoding a finished request failed")
+            self._finish(ticket, exception=err)
+            return
+        self._finish(ticket, result)
 
     def _report(self, ticket: Ticket, event: ProgressEvent, span: tuple[int, int]) -> None:
         previews = None

@@ -103,6 +103,7 @@ def start_server(
         "max_queue": 3,
         "batch_images": 4,
         "batch_wait_ms": 50,
+        "pad_batches": True,  # test_server.py checks bit-identity across batch compositions
         "timeout_s": 60,
         "overrides": {"sampler": ["ddim", "ddpm"], "cache": ["none", "fora"]},
     }

@@ -63,9 +63,9 @@ def test_a_batched_image_is_bit_identical_to_the_request_alone(server, rest):
         t.start()
     for t in threads:
         t.join(120)
-    batches = server.metric("ditserve_batch_images_count") - batches_before
-    assert server.metric("ditserve_batch_images_sum") - images_before == 3
-    assert batches < 3, "the concurrent requests were never batched together"
+    calls = server.metric("ditserve_batch_images_count") - batches_before  # continuous: one per step
+    images = server.metric("ditserve_batch_images_sum") - images_before
+    assert images > calls, "the concurrent requests never shared a model call"
     for seed in seeds:
         alone = rest.generate(class_label=5, seed=seed, format="raw")["images"][0]["data"]
         assert together[seed] == alone

@@ -77,8 +77,9 @@ def test_naming_the_plans_strategy_keeps_its_other_fields(engine):
     assert job.sampler.config == engine.sampler.config and job.steps == 6  # not ddim's default steps
 
 
-def test_the_scheduler_batches_only_requests_with_the_same_plan(engine):
-    scheduler = Scheduler(engine, ServeLimits(max_queue=8, batch_images=4, batch_wait_ms=300.0, pad_batches=False))
+def test_static_batches_hold_only_requests_with_the_same_plan(engine):
+    limits = ServeLimits(max_queue=8, batch_images=4, batch_wait_ms=300.0, batching="static")
+    scheduler = Scheduler(engine, limits)
     try:
         tickets = [scheduler.submit(req(seed=s, **extra)) for s, extra in ((1, {}), (2, {"cache": FORA}), (3, {}))]
         plain_a, cached, plain_b = (t.result(60) for t in tickets)

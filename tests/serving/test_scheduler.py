@@ -1,4 +1,6 @@
-"""The scheduler in-process over a tiny random DiT: batching, bit-identity, backpressure, cancellation, faults."""
+"""The scheduler in-process over a tiny random DiT: batching, bit-identity, backpressure, cancellation, faults —
+the guarantees that hold under both continuous and static batching (tests/serving/test_continuous.py: joining
+and leaving a continuous batch on the embedded model)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ def engine(tiny_dit_dir):
     return Engine(parse_config({"model": model, "plan": {"sampler": {"name": "ddim", "steps": 10}}}))
 
 
+@pytest.fixture(params=["continuous", "static"])
+def batching(request) -> str:
+    return request.param
+
+
 def make(engine, **limits) -> Scheduler:
     base = {"max_queue": 8, "batch_images": 4, "batch_wait_ms": 200.0, "max_batch": 4}
     return Scheduler(engine, ServeLimits(**{**base, **limits}))
@@ -45,19 +52,21 @@ def req(seed: int, **fields) -> GenerationRequest:
     return GenerationRequest(class_label=fields.pop("class_label", 3), seed=seed, **fields)
 
 
-def test_batched_images_are_bit_identical_to_each_request_alone(engine):
-    with running(engine) as scheduler:
+def test_padded_batches_are_bit_identical_to_each_request_alone(engine, batching):
+    with running(engine, pad_batches=True, batching=batching) as scheduler:
         tickets = [scheduler.submit(req(s)) for s in (1, 2, 3)]
         together = [t.result(60) for t in tickets]
-        assert {r.stats.batch_size for r in together} == {4}  # three requests + one filler image, one call
+        # static: three requests + one filler image in one batch; continuous: the first starts alone, the
+        # others join at its second step, every call padded to 2 × 4 rows
+        assert {r.stats.batch_size for r in together} == ({4} if batching == "static" else {3})
         alone = [scheduler.submit(req(s)).result(60) for s in (1, 2, 3)]
         for a, b in zip(together, alone, strict=True):
             assert torch.equal(a.images, b.images)
 
 
-def test_without_padding_batches_have_their_own_shape_and_stay_close_to_alone(engine):
+def test_without_padding_static_batches_have_their_own_shape_and_stay_close_to_alone(engine):
     """Unpadded, a batch runs at its own size (the shape that may change the last float bits, see the module)."""
-    with running(engine, pad_batches=False) as scheduler:
+    with running(engine, batching="static") as scheduler:
         together = [scheduler.submit(req(s)) for s in (1, 2, 3)]
         batched = together[0].result(60)
         alone = scheduler.submit(req(1)).result(60)
@@ -68,7 +77,8 @@ def test_without_padding_batches_have_their_own_shape_and_stay_close_to_alone(en
 def trickle(engine, batch_wait_max_ms: float, offsets_s: list[float]) -> list[int]:
     """Under a 0.4 s `batch_wait_ms`, submit one request now and one at each offset (seconds from now); the
     batch size each of them ran in, in order."""
-    with running(engine, pad_batches=False, batch_wait_ms=400.0, batch_wait_max_ms=batch_wait_max_ms) as scheduler:
+    limits = {"batching": "static", "batch_wait_ms": 400.0, "batch_wait_max_ms": batch_wait_max_ms}
+    with running(engine, **limits) as scheduler:
         started = time.monotonic()
         tickets = [scheduler.submit(req(0))]
         for k, offset in enumerate(offsets_s, start=1):
@@ -88,14 +98,14 @@ def test_a_batch_waits_no_longer_than_batch_wait_max_ms(engine):
     assert trickle(engine, 500.0, [0.15, 0.30, 0.80]) == [3, 3, 3, 1]
 
 
-def test_incompatible_requests_do_not_share_a_batch(engine):
-    with running(engine, pad_batches=False) as scheduler:
+def test_incompatible_requests_do_not_share_a_static_batch(engine):
+    with running(engine, batching="static") as scheduler:
         a, b = scheduler.submit(req(1, steps=4)), scheduler.submit(req(2, steps=5))
         assert a.result(60).stats.batch_size == b.result(60).stats.batch_size == 1
 
 
-def test_validation_happens_at_submit_and_the_queue_is_bounded(engine):
-    with running(engine, max_queue=2, batch_wait_ms=0.0) as scheduler:
+def test_validation_happens_at_submit_and_the_queue_is_bounded(engine, batching):
+    with running(engine, max_queue=2, batch_wait_ms=0.0, batching=batching) as scheduler:
         with pytest.raises(RequestError, match="steps"):
             scheduler.submit(req(1, steps=10_000))
         held = [scheduler.submit(req(s, steps=200)) for s in (1, 2)]
@@ -106,8 +116,8 @@ def test_validation_happens_at_submit_and_the_queue_is_bounded(engine):
         assert scheduler.submit(req(4, steps=2)).result(60).stats.steps == 2
 
 
-def test_cancel_and_deadline_stop_within_one_step(engine):
-    with running(engine, batch_wait_ms=0.0) as scheduler:
+def test_cancel_and_deadline_stop_within_one_step(engine, batching):
+    with running(engine, batch_wait_ms=0.0, batching=batching) as scheduler:
         seen = []
         ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
         while len(seen) < 3:
@@ -123,18 +133,18 @@ def test_cancel_and_deadline_stop_within_one_step(engine):
             late.result(30)
 
 
-def test_the_servers_warm_up_has_no_deadline(engine):
+def test_the_servers_warm_up_has_no_deadline(engine, batching):
     """A warm-up slower than `limits.timeout_s` (a busy machine) must still finish, or the server never gets ready."""
-    with running(engine, batch_wait_ms=0.0, timeout_s=0.05) as scheduler:
+    with running(engine, batch_wait_ms=0.0, timeout_s=0.05, batching=batching) as scheduler:
         with pytest.raises(Cancelled, match="deadline"):
             scheduler.submit(req(1, steps=200)).result(30)
         assert scheduler.submit(req(1, steps=200), deadline=False).result(60).stats.steps == 200
 
 
-def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engine):
+def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engine, batching):
     """asyncio's `wrap_future` cancels the ticket's future when the awaiting task is cancelled (a gRPC client
     past its deadline); the request must still leave the queue count, or every such request leaks a place."""
-    with running(engine, batch_wait_ms=0.0, max_queue=1) as scheduler:
+    with running(engine, batch_wait_ms=0.0, max_queue=1, batching=batching) as scheduler:
         seen = []
         ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
         for _ in range(2000):  # bounded: 10 s
@@ -151,9 +161,9 @@ def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engin
         assert scheduler.submit(req(2, steps=2)).result(30).stats.steps == 2
 
 
-def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
+def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch, batching):
     """Fault injection (a mock, named as such): an out-of-memory error we cannot cause on this machine."""
-    with running(engine, batch_wait_ms=0.0) as scheduler:
+    with running(engine, batch_wait_ms=0.0, batching=batching) as scheduler:
         fresh = scheduler.submit(req(5)).result(60)
         real_predict, calls = engine.adapter.predict, []
 
@@ -170,8 +180,8 @@ def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch):
         assert torch.equal(again.images, fresh.images)
 
 
-def test_close_drains_admitted_work_and_refuses_new(engine):
-    scheduler = make(engine, batch_wait_ms=0.0)
+def test_close_drains_admitted_work_and_refuses_new(engine, batching):
+    scheduler = make(engine, batch_wait_ms=0.0, batching=batching)
     ticket = scheduler.submit(req(1, steps=50))
     closer = threading.Thread(target=scheduler.close, args=(60,))
     closer.start()
@@ -181,3 +191,24 @@ def test_close_drains_admitted_work_and_refuses_new(engine):
     assert ticket.result(60).stats.steps == 50
     closer.join(60)
     assert not closer.is_alive()
+
+
+def test_a_plan_whose_cache_cannot_mix_batches_statically(tiny_dit_dir):
+    """FORA in the plan decides for whole model calls: a request arriving while another runs waits for it,
+    and requests of one plan that arrive together still share a batch."""
+    from ditserve.config import parse_config
+    from ditserve.engine import Engine
+
+    model = {"name": "tiny", "path": str(tiny_dit_dir), "family": "dit"}
+    plan = {"sampler": {"name": "ddim", "steps": 10}, "cache": {"name": "fora", "interval": 2}}
+    fora = Engine(parse_config({"model": model, "plan": plan}))
+    with running(fora, batch_wait_ms=100.0) as scheduler:
+        seen = []
+        first = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
+        for _ in range(2000):  # bounded: 10 s
+            if seen:
+                break
+            time.sleep(0.005)
+        later = [scheduler.submit(req(s, steps=200)) for s in (2, 3)]
+        assert first.result(60).stats.batch_size == 1
+        assert [t.result(60).stats.batch_size for t in later] == [2, 2]

@@ -29,6 +29,10 @@ class CacheStrategy(Strategy):
     Config = CacheConfig
     needs_calibration: bool = False
     """True when the strategy needs `ditserve calibrate --cache NAME` before it can load."""
+    mixes_in_batch: bool = False
+    """True when it decides per sample, so requests at different steps may share one model call (continuous
+    batching, `ditserve.continuous`); a cache that decides for the whole call keeps its requests to batches of
+    their own plan."""
 
     def apply(self, model: LoadedModel) -> None:
         """Install the cache on the loaded model (hooks, wrapped blocks)."""

@@ -17,3 +17,4 @@ class NoCache(CacheStrategy):
     """No caching: every transformer block runs at every step."""
 
     Config = NoCacheConfig
+    mixes_in_batch = True  # nothing is decided, per call or per sample

@@ -47,6 +47,10 @@ class Sampler(Strategy):
     Config = SamplerConfig
     prediction_types: ClassVar[frozenset[str]] = frozenset()
     """The model prediction types this sampler can integrate; others are refused at load."""
+    mixes_in_batch: ClassVar[bool] = False
+    """Whether its requests may share model calls with other requests at other steps (continuous batching,
+    `ditserve.continuous`): `sample` keeps its state in locals, so several runs on one instance at once do not
+    interfere, and calls `denoise` once per step on its own images."""
 
     def __init__(self, config: SamplerConfig, scheduler_config: dict) -> None:
         super().__init__(config)

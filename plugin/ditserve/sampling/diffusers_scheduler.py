@@ -16,6 +16,7 @@ from ditserve.sampling.base import Sampler, prediction_type
 class DiffusersSampler(Sampler):
     """A sampler that builds a diffusers scheduler from the model's scheduler config plus overrides."""
 
+    mixes_in_batch = True  # `sample` builds its own diffusers scheduler for every run
     scheduler_class: ClassVar[str | None] = None
     """diffusers scheduler class name; None means the class the checkpoint's config names."""
 

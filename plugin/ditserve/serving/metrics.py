@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-if TYPE_CHECKING:
-    from ditserve.request import GenerationResult
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """HTTP methods that get their own label value; any other is counted as "other"."""
@@ -26,7 +22,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 class ServerMetrics:
     """Requests by transport and outcome, HTTP requests by route, the queue, batches, steps and blocks.
 
-    The scheduler reports to it through the `SchedulerHooks` methods (queue_depth ... batch_done)."""
+    The scheduler reports to it through the `SchedulerHooks` methods (queue_depth ... blocks_done)."""
 
     def __init__(self, block_count=None) -> None:
         self.registry = CollectorRegistry()
@@ -56,11 +52,11 @@ class ServerMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
         )
         self.blocks = Counter(
-            "ditserve_block_evaluations", "Transformer blocks computed by finished batches", registry=r
+            "ditserve_block_evaluations", "Transformer blocks computed by finished model work", registry=r
         )
         self.skipped = Counter(
             "ditserve_block_evaluations_skipped",
-            "Transformer blocks that caching skipped in finished batches",
+            "Transformer blocks that caching skipped in finished model work",
             registry=r,
         )
         self.engine_blocks = Gauge(
@@ -111,9 +107,9 @@ class ServerMetrics:
         self.step.observe(seconds)
         self.engine_blocks.set(self._block_count())
 
-    def batch_done(self, result: GenerationResult) -> None:
-        self.blocks.inc(result.stats.block_evaluations)
-        self.skipped.inc(result.stats.blocks_skipped)
+    def blocks_done(self, computed: int, full: int) -> None:
+        self.blocks.inc(computed)
+        self.skipped.inc(full - computed)
         self.engine_blocks.set(self._block_count())
 
     def count(self, transport: str, status: str) -> None:

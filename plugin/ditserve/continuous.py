@@ -1,0 +1,233 @@
+"""Continuous (step-level) batching: the batch of one model call is formed again at every step boundary.
+
+Each admitted request runs its own sampler's loop (`Sampler.sample`) on a thread of its own, whose `denoise`
+hands its (x, t) to the step loop and waits. The loop waits until every running request has handed over a
+call or finished, runs one transformer call for all of them (the family adapters take one timestep per
+sample), and hands each its rows back. At that boundary it answers the requests that finished, drops those
+cancelled or past their deadline, and the scheduler admits new ones with their own step count, guidance,
+sampler and seeds. A thread per request, rather than a step-wise sampler interface, keeps every sampler's
+loop as it is (multistep solvers, Heun's two calls per step) and costs two hand-offs per step.
+
+Only requests whose strategies declare `mixes_in_batch` run here (`mixing_problem`): a sampler whose runs
+share state on its instance, or a cache that decides for a whole model call, would see other requests'
+steps. The scheduler runs those in static batches of their own plan.
+
+Reproducibility: rows of one model call never mix, but the call's row count changes how the matrix products
+round in the last bits, so an image can differ from the same request served alone by ~1e-6. With `pad_rows`
+every call is padded to that fixed row count with copies of its first row, so an image's pixels depend only
+on its own request, whatever its batch-mates (the price: every call costs a full batch).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from ditserve.engine import Engine, Job
+from ditserve.request import GenerationResult, GenerationStats, ProgressEvent
+
+
+def mixing_problem(engine: Engine, job: Job) -> str | None:
+    """Why `job` cannot share model calls with requests at other steps, or None when it can."""
+    if job.cache is not None:
+        return f"its cache override {job.cache.name!r} is swapped into the model for a batch of its own"
+    if not engine.cache.mixes_in_batch:
+        return f"cache {engine.cache.name!r} decides for a whole model call, not per sample"
+    if not job.sampler.mixes_in_batch:
+        return f"sampler {job.sampler.name!r} does not run beside other requests' steps (`Sampler.mixes_in_batch`)"
+    return None
+
+
+class Trajectory:
+    """One request running through its own sampler on its own thread, one model call at a time."""
+
+    def __init__(self, engine: Engine, job: Job, ticket, board: threading.Condition, on_step: Callable) -> None:
+        self.job = job
+        self.ticket = ticket
+        """Whatever the caller tracks the request by (the scheduler's `Ticket`)."""
+        self.started = time.perf_counter()
+        self.inputs = engine.start_inputs([job])
+        self.stats = GenerationStats(seconds={"condition": time.perf_counter() - self.started})
+        self.call: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The (x, t) this request waits to have evaluated; None while its sampler computes."""
+        self.done = False
+        self.latents: torch.Tensor | None = None
+        self.error: BaseException | None = None
+        self._output: torch.Tensor | None = None
+        self._abort: BaseException | None = None
+        self._board, self._answered, self._on_step = board, threading.Event(), on_step
+        self._thread = threading.Thread(target=self._sample, name="ditserve-trajectory", daemon=True)
+        self._thread.start()
+
+    @property
+    def images(self) -> int:
+        return len(self.job.seeds)
+
+    @property
+    def waiting(self) -> bool:
+        """Handed over a call, or finished: the step loop may go on (read under the board's lock)."""
+        return self.done or self.call is not None
+
+    def answer(self, output: torch.Tensor) -> None:
+        """Hand the model's output for the waiting call back to the sampler."""
+        self.call, self._output = None, output
+        self._answered.set()
+
+    def stop(self, reason: BaseException) -> None:
+        """End the sampler's loop: its waiting `denoise` raises `reason`."""
+        self.call, self._abort = None, reason
+        self._answered.set()
+
+    def _sample(self) -> None:
+        job, inputs = self.job, self.inputs
+        try:
+            with torch.inference_mode():  # grad mode is per thread
+                self.latents = job.sampler.sample(
+                    self._denoise, inputs.noise, job.steps, inputs.generators, self._step_done, inputs.schedule
+                )
+        except BaseException as err:  # answered by the step loop; nothing may escape a worker thread
+            self.error = err
+        with self._board:
+            self.done = True
+            self._board.notify_all()
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self._board:
+            self.call = (x, t)
+            self._board.notify_all()
+        self._answered.wait()
+        self._answered.clear()
+        if self._abort is not None:
+            raise self._abort
+        output, self._output = self._output, None
+        return output
+
+    def _step_done(self, done: int, total: int, x: torch.Tensor) -> None:
+        self.stats.steps = done
+        self._on_step(self, ProgressEvent(done, total, time.perf_counter() - self.started, x))
+
+
+class StepLoop:
+    """The running requests of one engine and their shared model calls, one step boundary at a time.
+
+    The scheduler's worker thread drives it: `admit` at a boundary, then `step` (which answers the requests
+    that finished or stopped and runs the next call). `finish(trajectory)` is called once per request that
+    leaves; `stopping(trajectory)` says why a running one must stop now (cancelled, deadline), or None."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        pad_rows: int,
+        on_step: Callable[[Trajectory, ProgressEvent], None],
+        finish: Callable[[Trajectory], None],
+        stopping: Callable[[Trajectory], BaseException | None],
+    ) -> None:
+        self.engine, self.pad_rows = engine, pad_rows
+        self.running: list[Trajectory] = []
+        self._on_step, self._finish, self._stopping = on_step, finish, stopping
+        self._board = threading.Condition()
+
+    @property
+    def images(self) -> int:
+        return sum(trajectory.images for trajectory in self.running)
+
+    def admit(self, job: Job, ticket) -> Trajectory:
+        """Start `job` running (`ticket` is the caller's handle on it); its first call joins the loop's next."""
+        trajectory = Trajectory(self.engine, job, ticket, self._board, self._on_step)
+        self.running.append(trajectory)
+        return trajectory
+
+    def step(self) -> tuple[int, int, int]:
+        """Let every running request reach the boundary, answer those that left, run one model call for the
+        rest; returns the call's images, padding rows and blocks computed (zeros when no call ran)."""
+        self._settle()
+        for trajectory in [t for t in self.running if t.done]:
+            self.running.remove(trajectory)
+            self._finish(trajectory)
+        if not self.running:
+            return 0, 0, 0
+        return self._call(self.running)
+
+    def result(self, trajectory: Trajectory) -> GenerationResult:
+        """The images of a request that finished, with what its calls cost."""
+        stats, engine = trajectory.stats, self.engine
+        decode_started = time.perf_counter()
+        images = engine.to_images(trajectory.latents)
+        stats.seconds["decode"] = time.perf_counter() - decode_started
+        stats.block_evaluations_full = stats.model_evaluations * engine.blocks_per_call
+        stats.attention_evaluations_full = stats.model_evaluations * engine.attention_layers_per_call
+        stats.seconds["total"] = time.perf_counter() - trajectory.started
+        job = trajectory.job
+        return GenerationResult(images=images, seeds=job.seeds, stats=stats, prompt=job.subject)
+
+    def _settle(self) -> None:
+        """Wait until every running request waits for a call or finished; stop those that must stop."""
+        with self._board:
+            while True:
+                self._board.wait_for(lambda: all(t.waiting for t in self.running))
+                stopped = False
+                for trajectory in self.running:
+                    reason = None if trajectory.done else self._stopping(trajectory)
+                    if reason is not None:
+                        trajectory.stop(reason)
+                        stopped = True
+                if not stopped:
+                    return
+
+    def _call(self, group: list[Trajectory]) -> tuple[int, int, int]:
+        """One transformer call over every row of `group`'s waiting calls; each request gets its own guided
+        output back. A call that fails fails the requests in it; the next call starts clean."""
+        engine = self.engine
+        blocks = engine.block_counter.count
+        attention = engine.attention_counter.count
+        try:
+            outputs, padding = self._evaluate(group)
+        except Exception as err:
+            for trajectory in group:
+                trajectory.stop(err)
+            return 0, 0, 0
+        blocks = engine.block_counter.count - blocks
+        attention = engine.attention_counter.count - attention
+        images = sum(trajectory.images for trajectory in group)
+        for trajectory, output in zip(group, outputs, strict=True):
+            stats = trajectory.stats
+            stats.model_evaluations += 1
+            stats.timestep_evaluations += 1
+            stats.block_evaluations += blocks
+            stats.attention_evaluations += attention
+            stats.batch_size = max(stats.batch_size, images)
+            trajectory.answer(output)
+        return images, padding, blocks
+
+    def _evaluate(self, group: list[Trajectory]) -> tuple[list[torch.Tensor], int]:
+        """The model's output for each request's waiting call (its conditional rows, then its unconditional
+        ones when guided, each at the request's own timestep), and the padding rows the call carried."""
+        xs, ts, rows, inputs = [], [], [], {}
+        for trajectory in group:
+            x, t = trajectory.call
+            t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+            if trajectory.inputs.use_cfg:
+                x, t = torch.cat([x, x]), torch.cat([t, t])
+            xs.append(x)
+            ts.append(t)
+            rows.append(x.shape[0])
+            for key, value in trajectory.inputs.kwargs.items():
+                inputs.setdefault(key, []).append(value)
+        padding = max(0, self.pad_rows - sum(rows))
+        if padding:
+            xs.append(xs[0][:1].expand(padding, *xs[0].shape[1:]))
+            ts.append(ts[0][:1].expand(padding))
+            for values in inputs.values():
+                values.append(values[0][:1].expand(padding, *values[0].shape[1:]))
+        kwargs = {key: torch.cat(values) for key, values in inputs.items()}
+        out = self.engine.adapter.predict(self.engine.model, torch.cat(xs), torch.cat(ts), kwargs)
+        outputs = []
+        for trajectory, output in zip(group, out[: sum(rows)].split(rows), strict=True):
+            if trajectory.inputs.use_cfg:
+                cond, uncond = output.chunk(2)
+                output = uncond + trajectory.job.guidance * (cond - uncond)
+            outputs.append(output)
+        return outputs, padding
