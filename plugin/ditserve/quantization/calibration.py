@@ -22,13 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class InputAbsmax(Recorder):
-    """Per input channel, the largest |activation| each linear layer saw (SmoothQuant's statistic)."""
+class LinearInputs(Recorder):
+    """Observes the input of every linear layer in scope on each call; subclasses say what they keep of it."""
 
     def __init__(self, scope: Scope | None = None) -> None:
         self.scope = scope
         """The linears observed: those `scoped_linears` gives for this scope, or the blocks' (None)."""
-        self.absmax: dict[str, torch.Tensor] = {}
         self.handles: list[Any] = []
 
     def attach(self, engine: Engine) -> None:
@@ -40,12 +39,41 @@ class InputAbsmax(Recorder):
         ]
 
     def observe(self, name: str, x: torch.Tensor) -> None:
-        seen = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
-        self.absmax[name] = torch.maximum(self.absmax[name], seen) if name in self.absmax else seen
+        raise NotImplementedError
 
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class InputAbsmax(LinearInputs):
+    """Per input channel, the largest |activation| each linear layer saw (SmoothQuant's statistic)."""
+
+    def __init__(self, scope: Scope | None = None) -> None:
+        super().__init__(scope)
+        self.absmax: dict[str, torch.Tensor] = {}
+
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        seen = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+        self.absmax[name] = torch.maximum(self.absmax[name], seen) if name in self.absmax else seen
+
+
+class InputSecondMoment(LinearInputs):
+    """Per linear layer, E[x xᵀ] over every input row it saw: the Hessian of its output's squared error in the
+    weights (GPTQ's H), so that tr(ΔW H ΔWᵀ) is the output error a weight change ΔW causes on calibration data."""
+
+    def __init__(self, scope: Scope | None = None) -> None:
+        super().__init__(scope)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        self.sums[name] = self.sums.get(name, 0) + flat.T @ flat
+        self.rows[name] = self.rows.get(name, 0) + flat.shape[0]
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        return {name: (total / self.rows[name]).float() for name, total in self.sums.items()}
 
 
 class TransformerInputs(Recorder):
@@ -70,6 +98,16 @@ def input_absmax(engine: Engine, samples: int, steps: int, scope: Scope | None =
     record(engine, recorder, samples, steps)
     log.info("calibrated %d linear layers on %d samples × %d steps", len(recorder.absmax), samples, steps)
     return recorder.absmax
+
+
+def input_second_moments(
+    engine: Engine, samples: int, steps: int, scope: Scope | None = None
+) -> dict[str, torch.Tensor]:
+    """`InputSecondMoment` over `samples` calibration requests of `steps` steps on `engine`'s (unquantized) model."""
+    recorder = InputSecondMoment(scope)
+    record(engine, recorder, samples, steps)
+    log.info("recorded E[xxᵀ] of %d linear layers on %d samples × %d steps", len(recorder.sums), samples, steps)
+    return recorder.moments()
 
 
 def smoothing_factors(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
