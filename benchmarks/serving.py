@@ -1,28 +1,32 @@
-"""Serving overhead and throughput, written to benchmarks/results/serving.md.
+"""Serving overhead, throughput and latency under load, written to benchmarks/results/serving.md.
 
-The servers run the deployed Bento's config (bentos/digits/model.yaml: the embedded digits DiT, DDIM,
-guidance 4, batches of 16 images padded for bit-identity, a 10 ms wait after the last arrival, every
-core), changed only where a row says so. Requests ask for fewer steps than the plan's 50 to keep the run
-short: a request's cost is steps × the cost of one step, so the ratios below do not depend on it.
+Every server runs the deployed Bento's config (bentos/digits/model.yaml: the embedded digits DiT, DDIM,
+guidance 4, continuous batching of up to 16 images, unpadded), changed only where a row says so. Requests ask
+for fewer steps than the plan's 50 where only ratios matter, to keep the run short.
 
-1. Per-request overhead of REST and gRPC over an in-process `Engine.generate` of the same request
-   (2 steps, so the overhead is not lost in model time), against a server with batching off so both
-   run the same shapes: p50 and p99 of (server call − the engine time the server reports for it),
-   measured again before each throughput round and reported as the median over rounds.
-2. Throughput (requests/s) at 1, 4 and 16 concurrent REST clients against three servers: unbatched
-   (`batch_images: 1`), the Bento's config (batched, padded: bit-identical) and batched unpadded;
-   median of `--repeats` rounds that visit the servers in turn (so a change in machine load hits all of
-   them), the ratio to the unbatched run of the same round, and how full the batches were at 16 clients.
-3. Why batching gains what it gains: `Engine.generate_batch` of n images in-process, per-image time
+1. Per-request overhead of REST and gRPC on the Bento's config (2-step requests, one at a time): p50 and p99
+   of (server call − the engine time the server reports for that call), measured again before each
+   throughput round and reported as the median over rounds.
+2. Throughput (requests/s) at 1, 4 and 16 concurrent REST clients against four servers: unbatched
+   (`batch_images: 1`, static), the Bento's config (continuous), static batching (the same plan's requests
+   run to their end together) and continuous with padding (bit-identical across batch-mates); median of
+   `--repeats` rounds that visit the servers in turn, the ratio to the unbatched run of the same round, and
+   the request images per model call at 16 clients. The 1-client column is a lone request's latency.
+3. Open-loop load: Poisson arrivals at 30/60/90% of the continuous server's measured capacity (16 closed-loop
+   clients on the same step mix), each request drawing 20, 28 or 50 steps; p50/p99 latency and throughput
+   of static against continuous batching on the same arrival times.
+4. Why batching gains what it gains: `Engine.generate_batch` of n images in-process, per-image time
    against n = 1 (a batched forward is only cheaper per image while per-call overhead dominates).
-4. Fidelity: the largest pixel difference between each server's image and the unbatched one.
+5. Fidelity: the largest pixel difference between each server's image and the unbatched one.
 
-Goals printed as pass/fail: overhead ≤ 5 ms p50; batched throughput at 16 clients ≥ 2× unbatched.
+Goals printed as pass/fail (issue 18): a lone request on the Bento's config ≤ 1.1× the unbatched server's
+latency; throughput at 16 clients ≥ 2× unbatched (5× on a GPU); at 60% load with mixed steps, continuous p50
+≤ 0.7× static and p99 ≤ 0.8×; paired overhead p50 REST ≤ 3 ms, gRPC ≤ 1.7 ms.
 Servers bind 127.0.0.1 on free ports; every wait is bounded; each server gets SIGTERM at the end.
 On a machine with a GPU the servers and the engine run on it and the table goes to serving-cuda.md.
 
-    python benchmarks/serving.py [--repeats 3] [--steps 20]
-    python benchmarks/serving.py --engine-only   # part 3 alone (no serving stack needed), e.g. on a GPU
+    python benchmarks/serving.py [--repeats 3] [--steps 20] [--load-requests 60] [--threads 1]
+    python benchmarks/serving.py --engine-only   # part 4 alone (no serving stack needed), e.g. on a GPU
 """
 
 from __future__ import annotations
@@ -53,9 +57,18 @@ CLIENTS = (1, 4, 16)
 REQUESTS = {1: 8, 4: 16, 16: 32}
 """Requests per throughput run at each client count (a lone client against a padded server is slow)."""
 OVERHEAD_STEPS = 2
-GOAL_OVERHEAD_MS = 5.0
-GOAL_BATCH_SPEEDUP = 2.0
-BATCHED = "batched, padded (the Bento's config)"
+STEP_MIX = (20, 28, 50)
+"""Steps of the requests of the load test, drawn uniformly."""
+LOADS = (0.3, 0.6, 0.9)
+"""Arrival rates of the load test, as fractions of the measured capacity."""
+GOAL_OVERHEAD_MS = {"rest": 3.0, "grpc": 1.7}
+GOAL_LONE = 1.1
+GOAL_BATCH_SPEEDUP = {"cpu": 2.0, "cuda": 5.0}
+GOAL_P50, GOAL_P99 = 0.7, 0.8
+UNBATCHED = "unbatched (batch_images: 1)"
+BENTO = "the Bento's config (continuous)"
+STATIC = "static batching"
+PADDED = "continuous, padded (bit-identical)"
 
 
 def write_config(tmp: Path, name: str, threads: int, **limits) -> Path:
@@ -153,19 +166,19 @@ def overhead(server: Server, engine, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def throughput(server: Server, clients: int, steps: int) -> tuple[float, float]:
-    """Requests per second with `clients` threads sharing `REQUESTS[clients]` requests (distinct seeds),
-    and the mean number of request images per batched model call."""
+def throughput(server: Server, clients: int, steps: tuple[int, ...], requests: int = 0) -> tuple[float, float]:
+    """Requests per second with `clients` threads sharing `requests` requests (default `REQUESTS[clients]`;
+    distinct seeds, steps taken in turn from `steps`), and the mean number of request images per model call."""
     from ditserve.client import RestClient
 
-    per = REQUESTS[clients] // clients
+    per = (requests or REQUESTS[clients]) // clients
     errors: list[BaseException] = []
 
     def client(k: int) -> None:
         rest = RestClient(server.url, timeout=600)
         try:
             for j in range(per):
-                rest.generate(class_label=(k + j) % 10, seed=k * 1000 + j, steps=steps)
+                rest.generate(class_label=(k + j) % 10, seed=k * 1000 + j, steps=steps[(k + j) % len(steps)])
         except BaseException as err:  # surfaced below
             errors.append(err)
         finally:
@@ -251,11 +264,49 @@ def engine_only(args) -> int:
     return 0
 
 
+def open_loop(server: Server, rate: float, n: int, seed: int) -> dict[str, float]:
+    """`n` requests arriving as a Poisson process of `rate` per second (the same times for every server given
+    the same `seed`), each with steps drawn from `STEP_MIX`, sent whether or not earlier ones were answered:
+    latency p50/p99 (s) and throughput (answers per second from the first arrival to the last answer)."""
+    from ditserve.client import RestClient
+
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    steps = rng.choice(STEP_MIX, n)
+    latencies: list[float] = [float("nan")] * n
+    errors: list[BaseException] = []
+    start = time.perf_counter() + 0.5  # every thread started before the first arrival
+
+    def one(k: int) -> None:
+        rest = RestClient(server.url, timeout=600)
+        try:
+            time.sleep(max(0.0, start + arrivals[k] - time.perf_counter()))
+            sent = time.perf_counter()
+            rest.generate(class_label=k % 10, seed=seed * 1000 + k, steps=int(steps[k]))
+            latencies[k] = time.perf_counter() - sent
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+        finally:
+            rest.close()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(1800)
+    if errors or any(t.is_alive() for t in threads):
+        raise RuntimeError(f"load run failed: {errors[:1] or 'a client hung'}")
+    ends = [start + arrivals[k] + latencies[k] for k in range(n)]
+    p50, p99 = percentiles(latencies)
+    return {"p50": p50, "p99": p99, "throughput": n / (max(ends) - start - arrivals[0])}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per setting (median reported)")
     parser.add_argument("--overhead-n", type=int, default=60, help="sequential requests per path for overhead")
     parser.add_argument("--steps", type=int, default=20, help="steps per throughput request")
+    parser.add_argument("--load-requests", type=int, default=60, help="requests per open-loop load run")
     parser.add_argument("--engine-only", action="store_true", help="only the in-process batch scaling")
     parser.add_argument(
         "--threads",
@@ -274,77 +325,104 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     where = machine()  # before the servers start: what else ran on the machine
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     tmp = Path(tempfile.mkdtemp(prefix="ditserve-bench-"))
     configs = {
-        "unbatched": write_config(tmp, "unbatched", args.threads, batch_images=1, pad_batches=False),
-        BATCHED: write_config(tmp, "padded", args.threads),
-        "batched, unpadded": write_config(tmp, "unpadded", args.threads, pad_batches=False),
+        UNBATCHED: write_config(tmp, "unbatched", args.threads, batch_images=1, batching="static"),
+        BENTO: write_config(tmp, "bento", args.threads),
+        STATIC: write_config(tmp, "static", args.threads, batching="static", batch_wait_ms=10),
+        PADDED: write_config(tmp, "padded", args.threads, pad_batches=True),
     }
     servers = {name: Server(path, tmp / f"{path.stem}.log") for name, path in configs.items()}
     try:
         for server in servers.values():
             server.wait_ready()
-        engine = Engine.from_config(configs["unbatched"])
+        engine = Engine.from_config(configs[UNBATCHED])
         scaling = engine_scaling(engine, args.steps, args.repeats)
         rounds = []
         runs = {name: {clients: [] for clients in CLIENTS} for name in servers}
         for _ in range(args.repeats):  # round-robin over the servers, so drift in machine load hits all alike
-            rounds.append(overhead(servers["unbatched"], engine, args.overhead_n))
+            rounds.append(overhead(servers[BENTO], engine, args.overhead_n))
             last = rounds[-1]
             print(f"overhead p50 REST {last['rest']['p50']:.2f} ms, gRPC {last['grpc']['p50']:.2f} ms", flush=True)
             for clients in CLIENTS:
                 for name, server in servers.items():
-                    runs[name][clients].append(throughput(server, clients, args.steps))
+                    runs[name][clients].append(throughput(server, clients, (args.steps,)))
                     print(f"{name:40s} {clients:2d} clients: {runs[name][clients][-1][0]:.2f} req/s", flush=True)
+        capacity = throughput(servers[BENTO], 16, STEP_MIX, requests=2 * args.load_requests // 3)[0]
+        print(f"capacity on the step mix {STEP_MIX}: {capacity:.2f} req/s", flush=True)
+        load = {name: {} for name in (STATIC, BENTO)}
+        for k, share in enumerate(LOADS):
+            order = (STATIC, BENTO) if k % 2 == 0 else (BENTO, STATIC)  # alternate which runs first
+            for name in order:
+                load[name][share] = open_loop(servers[name], share * capacity, args.load_requests, seed=k)
+                got = load[name][share]
+                print(f"{name:40s} {share:.0%} load: p50 {got['p50']:.2f} s, p99 {got['p99']:.2f} s", flush=True)
         rates = {name: {c: statistics.median(r for r, _ in runs[name][c]) for c in CLIENTS} for name in servers}
         ratios = {  # each run against the unbatched run of the same round, then the median
             name: {
-                c: statistics.median(r / u for (r, _), (u, _) in zip(runs[name][c], runs["unbatched"][c], strict=True))
+                c: statistics.median(r / u for (r, _), (u, _) in zip(runs[name][c], runs[UNBATCHED][c], strict=True))
                 for c in CLIENTS
             }
             for name in servers
         }
         fills = {name: statistics.median(f for _, f in runs[name][CLIENTS[-1]]) for name in servers}
         lat = {path: {k: statistics.median(r[path][k] for r in rounds) for k in rounds[0][path]} for path in rounds[0]}
-        reference = raw_image(servers["unbatched"], args.steps)
+        reference = raw_image(servers[UNBATCHED], args.steps)
         fidelity = {name: float(np.abs(raw_image(s, args.steps) - reference).max()) for name, s in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
 
+    lines = report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, scaling, capacity, load)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / ("serving-cuda.md" if device == "cuda" else "serving.md")).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, scaling, capacity, load) -> list[str]:
+    """The results page: tables, then the issue's goals as pass/fail."""
     per_round = {name: ", ".join(f"{r[name]['p50']:.2f}" for r in rounds) for name in ("rest", "grpc")}
-    speedup = ratios[BATCHED][16]
-    best = max(ratios[name][16] for name in servers)
+    lone = 1 / ratios[BENTO][1]
+    speedup, goal_speedup = ratios[BENTO][16], GOAL_BATCH_SPEEDUP[device]
+    mid = LOADS[1]
+    p50_ratio = load[BENTO][mid]["p50"] / load[STATIC][mid]["p50"]
+    p99_ratio = load[BENTO][mid]["p99"] / load[STATIC][mid]["p99"]
     goals = [
-        *((f"{name} overhead p50 ≤ {GOAL_OVERHEAD_MS} ms (paired)", lat[name]["p50"] <= GOAL_OVERHEAD_MS,
+        (f"lone request on the Bento's config ≤ {GOAL_LONE}× the unbatched server's latency", lone <= GOAL_LONE,
+         f"{lone:.2f}× (1-client throughput ratio, {args.steps} steps)"),
+        (f"throughput at 16 clients ≥ {goal_speedup}× unbatched ({device})", speedup >= goal_speedup,
+         f"{speedup:.2f}×; the engine alone gains {scaling[1] / scaling[CLIENTS[-1]]:.2f}× per image from a "
+         f"{CLIENTS[-1]}-image call (about the most batching can give on this device)"),
+        (f"{mid:.0%} load, steps {'/'.join(map(str, STEP_MIX))}: continuous p50 ≤ {GOAL_P50}× static",
+         p50_ratio <= GOAL_P50, f"{p50_ratio:.2f}×"),
+        (f"{mid:.0%} load, steps {'/'.join(map(str, STEP_MIX))}: continuous p99 ≤ {GOAL_P99}× static",
+         p99_ratio <= GOAL_P99, f"{p99_ratio:.2f}×"),
+        *((f"{name} overhead p50 ≤ {GOAL_OVERHEAD_MS[name]} ms (paired)", lat[name]["p50"] <= GOAL_OVERHEAD_MS[name],
            f"{lat[name]['p50']:.2f} ms") for name in ("rest", "grpc")),
-        (f"batched throughput at 16 clients ≥ {GOAL_BATCH_SPEEDUP}× unbatched", speedup >= GOAL_BATCH_SPEEDUP,
-         f"{speedup:.2f}× (Bento's config); best batched server {best:.2f}×; the engine alone gains "
-         f"{scaling[1] / scaling[CLIENTS[-1]]:.2f}× per image from a {CLIENTS[-1]}-image call (about the most "
-         "batching can give on this device)"),
     ]  # fmt: skip
+    threads = f" --threads {args.threads}" if args.threads else ""
     lines = [
-        "# Serving: overhead and throughput",
+        "# Serving: overhead, throughput and latency under load",
         "",
         f"Model: the embedded digits DiT served with the Bento's config (bentos/digits/model.yaml), guidance 4 "
         f"(classifier-free: each image is 2 rows of the model batch), one 16×16 image per request, REST clients. "
         f"Machine: {where}. Timings are noisy on a shared machine; ratios are within one run. "
-        f"Generated by `python benchmarks/serving.py --repeats {args.repeats} --steps {args.steps}"
-        f"{f' --threads {args.threads}' if args.threads else ''}`.",
+        f"Generated by `python benchmarks/serving.py --repeats {args.repeats} --steps {args.steps} --overhead-n "
+        f"{args.overhead_n} --load-requests {args.load_requests}{threads}`.",
         "",
-        "## Per-request overhead over an in-process `Engine.generate` (ms)",
+        "## Per-request overhead on the Bento's config (ms)",
         "",
         f"The same {OVERHEAD_STEPS}-step request, {args.overhead_n} times in-process, then {args.overhead_n} times "
-        f"per transport (interleaved) against the server with batching off; repeated before each of the "
-        f"{args.repeats} throughput rounds, and each figure below is the median over the rounds (this machine's "
-        "speed drifts by up to half between minutes; per-round paired p50s in the last column). "
-        "In-process `Engine.generate` p50 "
-        f"{lat['in-process']['p50']:.1f} ms, p99 {lat['in-process']['p99']:.1f} ms. Paired overhead: each call's "
-        "latency minus the engine time the server reported for that call (client, HTTP/gRPC, validation, queue, "
-        "PNG encoding, thread hand-offs); the goal uses it. vs in-process: latency p50 minus the in-process p50, "
-        "measured minutes apart, so it also carries the drift of the engine's own time between the two phases "
-        "(on the H200 machine the same in-process 2-step call took 14 to 24 ms from one minute to the next).",
+        f"per transport (interleaved, one at a time) against the Bento's config; repeated before each of the "
+        f"{args.repeats} throughput rounds, each figure the median over the rounds (per-round paired p50s in the "
+        f"last column). In-process `Engine.generate` p50 {lat['in-process']['p50']:.1f} ms, p99 "
+        f"{lat['in-process']['p99']:.1f} ms. Paired overhead: each call's latency minus the engine time the server "
+        "reported for that call (client, HTTP/gRPC, validation, queue, encoding, thread hand-offs); the goal uses "
+        "it. vs in-process: latency p50 minus the in-process p50, measured minutes apart, so it also carries the "
+        "drift of the engine's own time between the two phases.",
         "",
         "| transport | latency p50 | paired overhead p50 | paired overhead p99 | latency p50 − in-process p50 "
         "| paired p50 per round |",
@@ -356,29 +434,47 @@ def main() -> int:
         f"## Throughput (requests/s, {args.steps} steps each, median of {args.repeats} rounds over the servers in "
         "turn; × = median ratio to the unbatched run of the same round)",
         "",
-        "| server | " + " | ".join(f"{c} clients" for c in CLIENTS) + " | request images per batch at 16 clients "
-        "| max pixel diff vs unbatched |",
+        "| server | " + " | ".join(f"{c} clients" for c in CLIENTS) + " | request images per model call at 16 "
+        "clients | max pixel diff vs unbatched |",
         "|---|" + "---|" * (len(CLIENTS) + 2),
     ]  # fmt: skip
-    for name in servers:
+    for name in rates:
         cells = [f"{rates[name][c]:.2f} ({ratios[name][c]:.2f}×)" for c in CLIENTS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fills[name]:.1f} | {fidelity[name]:.2e} |")
-    lines += ["", *scaling_lines(scaling, args.steps, where)]
-    lines += ["", "## Goals", "", "| goal | result | measured |", "|---|---|---|"]
-    lines += [f"| {goal} | {'PASS' if ok else 'FAIL'} | {value} |" for goal, ok, value in goals]
     lines += [
         "",
-        "Padding makes every batched call the same shape (16 images), so a request's pixels never depend on its "
-        "batch-mates: bit-identical whether it ran alone or with 15 others (tests/e2e and tests/serving check this). "
-        "The price is the 1-client column: a lone request pays for a full batch. Unpadded batching is cheaper when "
-        "lightly loaded, but a request's pixels then depend on its batch-mates in the last float bits. The last column "
-        "compares one request with the unbatched server's answer, whose model calls have another shape: there even "
-        "the padded server may differ in the last bits.",
-    ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("serving-cuda.md" if torch.cuda.is_available() else "serving.md")).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+        f"## Open-loop load: Poisson arrivals, steps drawn from {'/'.join(map(str, STEP_MIX))}",
+        "",
+        f"Capacity: {capacity:.2f} requests/s (16 closed-loop clients on the same step mix, the Bento's config). "
+        f"{args.load_requests} requests per run; static and continuous get the same arrival times and steps, "
+        "and take turns running first.",
+        "",
+        "| load | static p50 / p99 (s) | continuous p50 / p99 (s) | p50 ratio | p99 ratio "
+        "| static / continuous throughput (req/s) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {share:.0%} ({share * capacity:.2f} req/s) | {load[STATIC][share]['p50']:.2f} / "
+          f"{load[STATIC][share]['p99']:.2f} | {load[BENTO][share]['p50']:.2f} / {load[BENTO][share]['p99']:.2f} "
+          f"| {load[BENTO][share]['p50'] / load[STATIC][share]['p50']:.2f}× "
+          f"| {load[BENTO][share]['p99'] / load[STATIC][share]['p99']:.2f}× "
+          f"| {load[STATIC][share]['throughput']:.2f} / {load[BENTO][share]['throughput']:.2f} |"
+          for share in LOADS),
+        "",
+        *scaling_lines(scaling, args.steps, where),
+        "",
+        "## Goals",
+        "",
+        "| goal | result | measured |",
+        "|---|---|---|",
+        *(f"| {goal} | {'PASS' if ok else 'FAIL'} | {value} |" for goal, ok, value in goals),
+        "",
+        "Modes: continuous batching (the Bento's default) runs each model call at the rows its requests need, so a "
+        "lone request pays for no batch-mates, and an image may differ in the last float bits (≤ 1e-5, "
+        "tests/serving/test_continuous.py) with its batch-mates. `pad_batches: true` pads every call to 2 × "
+        "`batch_images` rows: bit-identical whatever the batch-mates, at the price of a full batch per call (its "
+        "1-client column). The last column compares one request with the unbatched server's answer, whose model "
+        "calls have another shape: there even the padded server may differ in the last bits.",
+    ]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":
