@@ -43,7 +43,7 @@ import torch
 
 from ditserve.config import ServeLimits
 from ditserve.continuous import StepLoop, Trajectory, mixing_problem
-from ditserve.engine import Engine, Job
+from ditserve.engine import Engine, Front, Job
 from ditserve.errors import Cancelled
 from ditserve.request import GenerationRequest, GenerationResult, ProgressEvent
 
@@ -124,7 +124,7 @@ class _BatchCancel:
 class Scheduler:
     """Admits, batches and runs requests on one engine, one batch at a time, on its own thread."""
 
-    def __init__(self, engine: Engine, limits: ServeLimits | None = None, hooks: SchedulerHooks | None = None) -> None:
+    def __init__(self, engine: Front, limits: ServeLimits | None = None, hooks: SchedulerHooks | None = None) -> None:
         self.engine = engine
         self.limits = limits or engine.config.limits
         self.hooks = hooks or SchedulerHooks()
