@@ -10,11 +10,17 @@ def curves(blocks: int) -> list[list[float]]:
     return [[0.02 * (b + 1) for b in range(blocks)] for _ in range(9)]
 
 
+def identity_alignment(blocks: int, channels: int = 16, buckets: int = 8) -> dict:
+    """An alignment in the current format that leaves every reused residual as it is."""
+    ones, zeros = [[[1.0] * channels] * buckets] * blocks, [[[0.0] * channels] * buckets] * blocks
+    return {"version": 2, "threshold": 0.15, "scale": ones, "shift": zeros}
+
+
 class TestBlockCaching(CacheBattery):
     name = "block-caching"
     exact = {"threshold": 0.0, "curves": curves(4)}
     exact_families = {"flux": {"threshold": 0.0, "curves": curves(5)}}
-    skipping = {"threshold": 0.15, "curves": curves(4), "alignment": [[1.0, 0.0]] * 4}
+    skipping = {"threshold": 0.15, "curves": curves(4), "alignment": identity_alignment(4)}
     skipping_families = {"flux": {"threshold": 0.15, "curves": curves(5)}}
 
 
@@ -32,7 +38,7 @@ def test_calibration_gives_curves_a_schedule_and_an_alignment_that_helps(dit4_di
     from ditserve.quality import mean_finite, psnr
 
     fields = BlockCaching.calibrate(engine_for(dit4_dir, {"name": "none"}), 3, {"threshold": 0.3})
-    assert len(fields["curves"]) == 7 and len(fields["curves"][0]) == 4 and len(fields["alignment"]) == 4
+    assert len(fields["curves"]) == 7 and len(fields["curves"][0]) == 4 and len(fields["alignment"]["scale"]) == 4
     reference = uncached.generate(request()).images * 2 - 1
     aligned = engine_for(dit4_dir, {"name": "block-caching", "threshold": 0.3, **fields}).generate(request())
     plain = engine_for(dit4_dir, {"name": "block-caching", "threshold": 0.3, "curves": fields["curves"]}).generate(
