@@ -48,6 +48,14 @@ def running(engine, **limits) -> Iterator[Scheduler]:
         scheduler.close(30)
 
 
+def wait_for(condition, seconds: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 def req(seed: int, **fields) -> GenerationRequest:
     return GenerationRequest(class_label=fields.pop("class_label", 3), seed=seed, **fields)
 
@@ -147,17 +155,10 @@ def test_a_running_request_whose_caller_cancels_its_future_frees_its_place(engin
     with running(engine, batch_wait_ms=0.0, max_queue=1, batching=batching) as scheduler:
         seen = []
         ticket = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
-        for _ in range(2000):  # bounded: 10 s
-            if seen:
-                break
-            time.sleep(0.005)
+        wait_for(lambda: seen)
         assert ticket.future.cancel()
         scheduler.cancel(ticket)
-        for _ in range(2000):
-            if scheduler.admitted == 0:
-                break
-            time.sleep(0.005)
-        assert scheduler.admitted == 0
+        wait_for(lambda: scheduler.admitted == 0)
         assert scheduler.submit(req(2, steps=2)).result(30).stats.steps == 2
 
 
@@ -205,10 +206,7 @@ def test_a_plan_whose_cache_cannot_mix_batches_statically(tiny_dit_dir):
     with running(fora, batch_wait_ms=100.0) as scheduler:
         seen = []
         first = scheduler.submit(req(1, steps=200), on_progress=lambda u: seen.append(u.step))
-        for _ in range(2000):  # bounded: 10 s
-            if seen:
-                break
-            time.sleep(0.005)
+        wait_for(lambda: seen)
         later = [scheduler.submit(req(s, steps=200)) for s in (2, 3)]
         assert first.result(60).stats.batch_size == 1
         assert [t.result(60).stats.batch_size for t in later] == [2, 2]
