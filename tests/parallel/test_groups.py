@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
+from ditserve_testing import engine_for, tiny_wan_transformer
 
 from ditserve.config import parse_config
 from ditserve.errors import ConfigError, PlanError
+from ditserve.hooks import hook_names
+from ditserve.models import get_adapter
+from ditserve.models.base import LoadedModel
+from ditserve.parallel.comm import Comm
 from ditserve.parallel.executor import open_executor
-from ditserve.parallel.groups import Degrees
+from ditserve.parallel.groups import Degrees, Group
+from ditserve.parallel.sequence import route_attention, shard_sequence
+from ditserve.parallel.ulysses import local_attention
+from ditserve.registry import PARALLEL
 
 
 def executor_for(path, **plan):
@@ -88,3 +99,29 @@ def test_degrees_a_technique_does_not_drive_are_refused_with_the_numbers(paralle
 def test_degrees_compose_into_the_world_size(parallel, world):
     plan = parse_config({"model": {"name": "tiny", "path": "x", "family": "dit"}, "plan": {"parallel": parallel}}).plan
     assert plan.parallel.degrees().world_size == world
+
+
+def test_a_family_whose_attention_processor_the_routers_cannot_reach_is_refused_at_load():
+    """Wan's processor calls its own module's attention function: sharded, each rank would attend over its own
+    tokens only. (Before this check the front failed on the model's shapes with a KeyError.)"""
+    model = LoadedModel(get_adapter("wan"), tiny_wan_transformer(2), {}, Path("."), torch.device("cpu"), torch.float32)
+    config = PARALLEL.parse({"name": "ulysses", "ulysses": 2}, "parallel")
+    with pytest.raises(PlanError, match="not that of WanAttnProcessor .*use cfg or data parallelism"):
+        PARALLEL.get("ulysses")(config).check(model, None)
+
+
+ROUTINGS = {
+    "sequence sharding": lambda model: shard_sequence(model, Group([0], None, 0), Comm(), local_attention),
+    "pipefusion's routing": lambda model: route_attention(model, lambda _layer: local_attention),
+}
+
+
+@pytest.mark.parametrize("routing", sorted(ROUTINGS))
+def test_an_attention_quantizer_under_a_routed_attention_is_refused_when_a_rank_loads(tiny_dit_dir, routing):
+    """sage's processor computes the product in its own kernel, which the routed attention never sees: under
+    Ulysses each rank would attend over its own shard only (the routed attention ran 0 times per request)."""
+    engine = engine_for(tiny_dit_dir, quant={"name": "sage"})
+    loaded = hook_names(engine.model.transformer)
+    with pytest.raises(PlanError, match="not that of KernelAttnProcessor .*use a weight quantizer or quant none"):
+        ROUTINGS[routing](engine.model)
+    assert hook_names(engine.model.transformer) == loaded  # refused before anything was installed

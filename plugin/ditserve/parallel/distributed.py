@@ -125,7 +125,7 @@ class DistributedRunner(ParallelRunner):
         degrees = self.degrees
         if degrees.sp == 1:
             return
-        from ditserve.parallel.sequence import FAMILY_PLANS, self_attentions
+        from ditserve.parallel.sequence import FAMILY_PLANS, check_routable, self_attentions
 
         family = model.adapter.family
         if family not in FAMILY_PLANS and not getattr(type(model.transformer), "_cp_plan", None):
@@ -133,6 +133,7 @@ class DistributedRunner(ParallelRunner):
                 f"runner {self.name!r} cannot shard the sequence of family {family!r} (no context-parallel plan); "
                 "use `cfg` or `data` parallelism for it"
             )
+        check_routable(model)
         tokens, text = sequence_lengths(model, *model.adapter.default_size(model))
         check_degrees(degrees, heads=[attn.heads for attn in self_attentions(model)], tokens=tokens, text_tokens=text)
 
@@ -160,13 +161,13 @@ class DistributedRunner(ParallelRunner):
 
     def apply(self, model: LoadedModel, placement: Placement) -> None:
         from ditserve.parallel.guidance import apply_cfg_split, remove_cfg_split
-        from ditserve.parallel.sequence import shard_sequence
+        from ditserve.parallel.sequence import shard_sequence, unshard_sequence
 
         groups, comm = placement.groups, placement.comm
         attention = self.attention(groups, comm, model)
         if attention is not None:
-            sharding = shard_sequence(model, groups.sp, comm, attention)
-            self.installed(sharding.remove, getattr(attention, "reset", None))
+            shard_sequence(model, groups.sp, comm, attention)
+            self.installed(lambda: unshard_sequence(model), getattr(attention, "reset", None))
         self.install(model, placement)
         if groups.cfg.size > 1:
             apply_cfg_split(model.transformer, groups.cfg, comm)

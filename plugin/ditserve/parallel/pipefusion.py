@@ -115,11 +115,11 @@ class PipeFusion(DistributedRunner):
         check_patches(sequence_lengths(model, height, width)[0], self.patches, height, width, at_load=False)
 
     def install(self, model, placement) -> None:
-        from ditserve.parallel.sequence import route_attention, self_attentions
+        from ditserve.parallel.sequence import route_attention, unroute_attention
 
         group = placement.groups.pipefusion
         driver = PatchPipeline(group, placement.comm, self.patches, self.config.warmup_steps)
-        handles = route_attention(self_attentions(model), driver.attention)
+        route_attention(model, driver.attention)
         take_over(model, group, driver.step)
         self.installed(lambda: give_back(model), driver.reset)
-        self.installed(lambda: [handle.remove() for handle in handles])
+        self.installed(lambda: unroute_attention(model))

@@ -12,23 +12,29 @@ Why the core product is intercepted rather than the processor replaced: the proc
 projections, QK-norms and rotary embeddings, which must stay exactly diffusers'. diffusers' own hook
 point for this (`ContextParallelConfig`) does not run on CPU (it divides by
 `torch.accelerator.device_count()`, 0 there) and its Ring needs a backend returning the log-sum-exp.
-So, while a sharded self-attention module runs (between its forward pre- and post-hook), the calls its
-processor makes to `F.scaled_dot_product_attention` (AttnProcessor2_0: DiT, PixArt) or to
-`dispatch_attention_fn` (Flux's processors) go to the distributed attention. Outside those windows
-both names behave exactly as the originals, so a cross-attention (PixArt's `attn2`, whose keys are
-the full text) and any other code are untouched.
+So, while a sharded self-attention module runs (inside its `ATTENTION_HOOK`), the calls its processor
+makes to `F.scaled_dot_product_attention` (AttnProcessor2_0: DiT, PixArt) or to `dispatch_attention_fn`
+(Flux's processors) go to the distributed attention. Outside those windows both names behave exactly as
+the originals, so a cross-attention (PixArt's `attn2`, whose keys are the full text) and any other code
+are untouched.
+
+Every hook here is a diffusers `ModelHook` registered by name through `ditserve.hooks` (`SHARD_HOOK` on the
+plan's modules, `ATTENTION_HOOK` on the self-attentions), so it chains with the counters, caches and the
+CFG split on the same modules and comes off in any order with them.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
+from diffusers.hooks import ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from torch import nn
 
+from ditserve.errors import PlanError
+from ditserve.hooks import add_hook, remove_hook
 from ditserve.parallel.comm import Comm
 
 CoreAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,6 +75,25 @@ def self_attentions(model) -> list[nn.Module]:
             ):
                 found.append(module)
     return found
+
+
+ROUTED_PROCESSOR_MODULES = ("diffusers.models.attention_processor", "diffusers.models.transformers.transformer_flux")
+"""Where the processors live whose attention product `_install_routers` reaches: those of the first call
+`F.scaled_dot_product_attention` through its `F`, Flux's call its `dispatch_attention_fn`."""
+
+
+def check_routable(model) -> None:
+    """Refuse, at load, a self-attention whose processor computes its product where the routers cannot reach
+    it: each rank would attend over its own tokens only, and nothing would say so."""
+    for module in self_attentions(model):
+        processor = type(module.processor)
+        if processor.__module__ not in ROUTED_PROCESSOR_MODULES:
+            raise PlanError(
+                f"sequence and patch parallelism reach the attention product of diffusers' processors in "
+                f"{' and '.join(ROUTED_PROCESSOR_MODULES)}, not that of {processor.__name__} "
+                f"({processor.__module__}): with an attention quantizer (sage, sparse) use a weight quantizer or "
+                "quant none; for a family with its own processor use cfg or data parallelism"
+            )
 
 
 def _sdpa_router(original):
@@ -117,78 +142,106 @@ def _install_routers() -> None:
         transformer_flux.dispatch_attention_fn = routed
 
 
-@dataclass
-class Sharding:
-    """Hooks installed on one model; `remove` puts it back as loaded."""
-
-    handles: list = field(default_factory=list)
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+SHARD_HOOK = "ditserve.sequence_shard"
+"""The name of the hooks that cut the tokens at the plan's inputs and gather them at its outputs."""
+ATTENTION_HOOK = "ditserve.sequence_attention"
+"""The name of the hooks that route a self-attention's core product while the module runs."""
 
 
-def shard_sequence(model, group, comm: Comm, attention: CoreAttention) -> Sharding:
-    """Install the plan's split/gather hooks over `group` and `attention` in every self-attention."""
+class SplitInputsHook(ModelHook):
+    """Cuts the keyword arguments the plan names to this rank's shard before the module runs."""
+
+    def __init__(self, inputs: dict[str, ContextParallelInput], group) -> None:
+        super().__init__()
+        self.inputs, self.group = inputs, group
+
+    def pre_forward(self, module, *args, **kwargs):
+        cut = {key: _shard(kwargs[key], spec, self.group) for key, spec in self.inputs.items() if key in kwargs}
+        return args, {**kwargs, **cut}
+
+
+class SplitOutputHook(ModelHook):
+    """Cuts the module's output to this rank's shard (the first module that makes the tokens)."""
+
+    def __init__(self, spec: ContextParallelInput, group) -> None:
+        super().__init__()
+        self.spec, self.group = spec, group
+
+    def post_forward(self, module, output):
+        return _shard(output, self.spec, self.group)
+
+
+class GatherOutputHook(ModelHook):
+    """Puts every rank's shard of the module's output back together (the last module that needs tokens)."""
+
+    def __init__(self, spec: ContextParallelOutput, group, comm: Comm) -> None:
+        super().__init__()
+        self.spec, self.group, self.comm = spec, group, comm
+
+    def post_forward(self, module, output):
+        if not isinstance(output, torch.Tensor) or output.dim() != self.spec.expected_dims:
+            return output
+        return self.comm.all_gather(output, self.group, dim=self.spec.gather_dim)
+
+
+class RouteAttentionHook(ModelHook):
+    """While its module runs, the attention product its processor computes goes to `attention`; before and
+    after, and when the module raises, both routed names behave as the originals."""
+
+    def __init__(self, attention: CoreAttention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def new_forward(self, module, *args, **kwargs):
+        token = _ACTIVE.set(self.attention)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
+
+
+def _shard(value, spec: ContextParallelInput, group):
+    """This rank's contiguous shard of `value` along `spec.split_dim` (anything else passes through)."""
+    if not isinstance(value, torch.Tensor) or value.dim() != spec.expected_dims:
+        return value
+    length = value.shape[spec.split_dim]
+    if length % group.size:
+        raise ValueError(f"{length} tokens cannot be cut into {group.size} equal shards")
+    return value.chunk(group.size, dim=spec.split_dim)[group.rank].contiguous()
+
+
+def shard_sequence(model, group, comm: Comm, attention: CoreAttention) -> None:
+    """Install the plan's cut/gather hooks over `group` and `attention` in every self-attention
+    (undo: `unshard_sequence`)."""
     transformer = model.transformer
-    plan = plan_for(model.adapter.family, transformer)
-    sharding = Sharding()
-    size, rank = group.size, group.rank
-
-    def split(value, spec: ContextParallelInput):
-        if not isinstance(value, torch.Tensor) or value.dim() != spec.expected_dims:
-            return value
-        length = value.shape[spec.split_dim]
-        if length % size:
-            raise ValueError(f"{length} tokens cannot be cut into {size} equal shards")
-        return value.chunk(size, dim=spec.split_dim)[rank].contiguous()
-
-    for name, entry in plan.items():
+    route_attention(model, lambda _layer: attention)
+    for name, entry in plan_for(model.adapter.family, transformer).items():
         module = transformer.get_submodule(name) if name else transformer
         if isinstance(entry, ContextParallelOutput):
-            sharding.handles.append(module.register_forward_hook(_gatherer(group, comm, entry)))
-            continue
-        inputs = {key: spec for key, spec in entry.items()} if isinstance(entry, dict) else None
-        if inputs is not None:
-
-            def pre_hook(_module, args, kwargs, inputs=inputs):
-                return args, {key: split(v, inputs[key]) if key in inputs else v for key, v in kwargs.items()}
-
-            sharding.handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            hook = GatherOutputHook(entry, group, comm)
+        elif isinstance(entry, dict):
+            hook = SplitInputsHook(dict(entry), group)
         elif entry.split_output:
-            sharding.handles.append(module.register_forward_hook(lambda _m, _a, out, spec=entry: split(out, spec)))
+            hook = SplitOutputHook(entry, group)
         else:
             raise ValueError(f"unsupported context-parallel entry {name!r}: {entry}")
-
-    sharding.handles += route_attention(self_attentions(model), lambda _layer: attention)
-    return sharding
+        add_hook(transformer, module, hook, SHARD_HOOK)
 
 
-def route_attention(modules: list[nn.Module], attention_for: Callable[[int], CoreAttention]) -> list:
-    """While `modules[i]` runs, its processor's attention product goes to `attention_for(i)`; returns the
-    hook handles (remove them to undo)."""
+def unshard_sequence(model) -> None:
+    """Remove `shard_sequence`'s hooks: every rank computes the whole sequence with the local attention again."""
+    remove_hook(model.transformer, SHARD_HOOK)
+    unroute_attention(model)
+
+
+def route_attention(model, attention_for: Callable[[int], CoreAttention]) -> None:
+    """While self-attention `i` of `self_attentions(model)` runs, its processor's attention product goes to
+    `attention_for(i)` (undo: `unroute_attention`)."""
+    check_routable(model)
     _install_routers()
-    handles = []
-    for layer, attn in enumerate(modules):
-        tokens: list = []
-        attention = attention_for(layer)
-
-        def enter(_module, _args, tokens=tokens, attention=attention):
-            tokens.append(_ACTIVE.set(attention))
-
-        def leave(_module, _args, _out, tokens=tokens):
-            _ACTIVE.reset(tokens.pop())
-
-        handles.append(attn.register_forward_pre_hook(enter))
-        handles.append(attn.register_forward_hook(leave))
-    return handles
+    for layer, module in enumerate(self_attentions(model)):
+        add_hook(model.transformer, module, RouteAttentionHook(attention_for(layer)), ATTENTION_HOOK)
 
 
-def _gatherer(group, comm: Comm, spec: ContextParallelOutput):
-    def gather(_module, _args, out):
-        if not isinstance(out, torch.Tensor) or out.dim() != spec.expected_dims:
-            return out
-        return comm.all_gather(out, group, dim=spec.gather_dim)
-
-    return gather
+def unroute_attention(model) -> None:
+    remove_hook(model.transformer, ATTENTION_HOOK)
