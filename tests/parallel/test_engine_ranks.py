@@ -80,6 +80,12 @@ def test_the_serving_process_holds_no_transformer_weights(ranked, single):
     assert sum(p.numel() for p in front.parameters()) == sum(p.numel() for p in single.model.transformer.parameters())
 
 
+def test_the_executor_describes_what_runs_as_the_engine_does(ranked, single):
+    """`runs` (compiled mode, the quantizer's path) is what rank 0's engine reported, keyed as the engine's."""
+    assert ranked.describe()["runs"] == single.describe()["runs"] == {"compile": "none", "quant": "none"}
+    assert ranked.describe().keys() == single.describe().keys()
+
+
 def test_an_engine_refuses_a_multi_process_plan(tiny_dit_dir):
     with pytest.raises(PlanError, match="runs on 2 ranks: serve it through the multi-process executor"):
         engine_for(tiny_dit_dir, parallel={"name": "ulysses", "ulysses": 2})

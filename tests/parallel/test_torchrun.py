@@ -59,7 +59,9 @@ def test_torchrun_ranks_serve_like_one_process(tmp_path, tiny_dit_dir):
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
     out = json.loads(done.stdout.strip().splitlines()[-1])
 
-    expected = engine_for(tiny_dit_dir, sampler={"name": "ddim", "steps": 4}).generate(GenerationRequest(**REQUEST))
+    single = engine_for(tiny_dit_dir, sampler={"name": "ddim", "steps": 4})
+    expected = single.generate(GenerationRequest(**REQUEST))
+    assert out["runs"] == single.describe()["runs"]  # the model listing says what rank 0 runs, as one process's
     for transport in ("rest", "grpc"):
         for k, data in enumerate(out[transport]):
             image = np.frombuffer(bytes.fromhex(data), dtype=np.float32).reshape(expected.images[k].shape)

@@ -49,8 +49,10 @@ def main() -> None:
             assert proc.poll() is None, f"torchrun exited with {proc.returncode}"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=2) as answer:
-                    if json.load(answer)["models"][0]["ready"]:
-                        break
+                    model = json.load(answer)["models"][0]
+                if model["ready"]:
+                    out["runs"] = model.get("runs")
+                    break
             except OSError:
                 pass
             time.sleep(0.5)

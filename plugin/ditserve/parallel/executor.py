@@ -62,6 +62,11 @@ class RankExecutor(Front):
         self.block_counter.count += sum(stats.block_evaluations for stats in replicas.values())
         return results
 
+    def describe(self) -> dict:
+        """`Front.describe`, plus what runs on the ranks' device, as `Engine.describe` says it: rank 0's engine
+        reports it when it starts (the paths a quantizer picks depend on the device, which this process lacks)."""
+        return super().describe() | {"runs": self.ranks.runs}
+
     @property
     def alive(self) -> bool:
         return self.ranks.alive

@@ -40,6 +40,8 @@ class RankChannel:
     def __init__(self, timeout_s: float, inbox, outbox, cancel) -> None:
         self.timeout_s = timeout_s
         self.failure: str | None = None
+        self.runs: dict = {}
+        """What rank 0's engine runs on its device (`Engine.describe()["runs"]`), as it reported at start."""
         self._inbox, self._outbox, self._cancel = inbox, outbox, cancel
 
     def dead_ranks(self) -> str:
@@ -155,6 +157,7 @@ class SpawnedRanks(RankChannel):
         if message[0] != "ready":
             self._fail(f"rank 0 failed to start: {message[1]}")
             raise RankFailure(self.failure)
+        self.runs = message[1]
 
     @property
     def pids(self) -> list[int]:
@@ -197,7 +200,7 @@ def rank_main(rank, world_size, config, rendezvous, inbox, outbox, cancel) -> No
             outbox.put(("error-start", f"rank {rank}: {err}\n{traceback.format_exc()}"))
         raise
     if rank == 0:
-        outbox.put(("ready",))
+        outbox.put(("ready", engine.describe()["runs"]))
     parent = multiprocessing.parent_process()
     try:
         serve(engine, inbox, outbox, cancel, orphaned=lambda: parent is not None and not parent.is_alive())

@@ -34,6 +34,7 @@ class LocalRankZero(RankChannel):
     def __init__(self, timeout_s: float, engine) -> None:
         super().__init__(timeout_s, queue.Queue(), queue.Queue(), threading.Event())
         self.engine = engine
+        self.runs = engine.describe()["runs"]
         self.loop = threading.Thread(target=self._serve, name="ditserve-rank-0", daemon=True)
         self.loop.start()
 
