@@ -21,7 +21,10 @@ class TestBlockCaching(CacheBattery):
     exact = {"threshold": 0.0, "curves": curves(4)}
     exact_families = {"flux": {"threshold": 0.0, "curves": curves(5)}}
     skipping = {"threshold": 0.15, "curves": curves(4), "alignment": identity_alignment(4)}
-    skipping_families = {"flux": {"threshold": 0.15, "curves": curves(5)}}
+    skipping_families = {
+        "flux": {"threshold": 0.15, "curves": curves(5)},
+        **{family: {"threshold": 0.15, "curves": curves(4)} for family in ("pixart", "sd3", "wan")},
+    }
 
 
 def test_without_calibration_it_refuses_to_load_and_names_the_command(dit4_dir):

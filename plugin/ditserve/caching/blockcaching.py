@@ -152,6 +152,11 @@ class BlockCaching(BlockCache):
         if self.scale is None:
             return residual
         stale = residual["hidden_states"]
+        if stale.shape[-1] != self.scale.shape[-1]:
+            raise PlanError(
+                f"cache 'block-caching' has an alignment for {self.scale.shape[-1]} channels, but this model's "
+                f"blocks have {stale.shape[-1]}: recalibrate, `{RECALIBRATE}`"
+            )
         bucket = progress_bucket(self.progress, self.scale.shape[1])
         scale, shift = (part[index, bucket].to(stale) for part in (self.scale, self.shift))
         return {**residual, "hidden_states": stale * scale + shift}
