@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
 
 from .battery import SamplerBattery
-from .wrapped import MatchesDiffusers
+from .wrapped import FEW_STEP, THRESHOLDED, MatchesDiffusers
 
 
 class TestDPMSolver(SamplerBattery, MatchesDiffusers):
@@ -15,7 +15,12 @@ class TestDPMSolver(SamplerBattery, MatchesDiffusers):
         f"dpm-solver-{order}{'m' if multistep else 's'}": (
             {"name": "dpm-solver", "order": order, "multistep": multistep},
             DPMSolverMultistepScheduler if multistep else DPMSolverSinglestepScheduler,
-            {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": order},
+            {
+                **(THRESHOLDED if multistep else FEW_STEP),
+                "algorithm_type": "dpmsolver",
+                "final_sigmas_type": "sigma_min",
+                "solver_order": order,
+            },
         )
         for order in (1, 2, 3)
         for multistep in (True, False)

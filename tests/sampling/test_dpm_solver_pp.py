@@ -6,27 +6,35 @@ from __future__ import annotations
 from diffusers import DPMSolverMultistepScheduler
 
 from .battery import SamplerBattery
-from .wrapped import FLOW, MatchesDiffusers
+from .wrapped import FEW_STEP, FLOW, THRESHOLDED, MatchesDiffusers
 
 
 class TestDPMSolverPP(SamplerBattery, MatchesDiffusers):
     name = "dpm-solver++"
     predicts = {"epsilon", "v_prediction", "sample", "flow"}
     cases = {
-        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, {"solver_order": 2}),
-        "3m": ({"name": "dpm-solver++", "variant": "3M"}, DPMSolverMultistepScheduler, {"solver_order": 3}),
+        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, {**THRESHOLDED, "solver_order": 2}),
+        "3m": (
+            {"name": "dpm-solver++", "variant": "3M"},
+            DPMSolverMultistepScheduler,
+            {**THRESHOLDED, "solver_order": 3},
+        ),
         "sde": (
             {"name": "dpm-solver++", "variant": "SDE"},
             DPMSolverMultistepScheduler,
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            {**THRESHOLDED, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
         ),
     }
     flow_cases = {
-        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, FLOW),
-        "3m": ({"name": "dpm-solver++", "variant": "3M"}, DPMSolverMultistepScheduler, {**FLOW, "solver_order": 3}),
+        "2m": ({"name": "dpm-solver++"}, DPMSolverMultistepScheduler, {**FLOW, **FEW_STEP}),
+        "3m": (
+            {"name": "dpm-solver++", "variant": "3M"},
+            DPMSolverMultistepScheduler,
+            {**FLOW, **FEW_STEP, "solver_order": 3},
+        ),
         "sde": (
             {"name": "dpm-solver++", "variant": "SDE"},
             DPMSolverMultistepScheduler,
-            {**FLOW, "algorithm_type": "sde-dpmsolver++"},
+            {**FLOW, **FEW_STEP, "algorithm_type": "sde-dpmsolver++"},
         ),
     }

@@ -5,13 +5,17 @@ from __future__ import annotations
 from diffusers import EulerDiscreteScheduler
 
 from .battery import SamplerBattery
-from .wrapped import MatchesDiffusers
+from .wrapped import FEW_STEP, MatchesDiffusers
 
 
 class TestEuler(SamplerBattery, MatchesDiffusers):
     name = "euler"
     predicts = {"epsilon", "v_prediction", "sample"}
     cases = {
-        "euler": ({"name": "euler"}, EulerDiscreteScheduler, {}),
-        "euler-karras": ({"name": "euler", "karras_sigmas": True}, EulerDiscreteScheduler, {"use_karras_sigmas": True}),
+        "euler": ({"name": "euler"}, EulerDiscreteScheduler, FEW_STEP),
+        "euler-karras": (
+            {"name": "euler", "karras_sigmas": True},
+            EulerDiscreteScheduler,
+            {**FEW_STEP, "use_karras_sigmas": True},
+        ),
     }

@@ -5,10 +5,10 @@ from __future__ import annotations
 from diffusers import HeunDiscreteScheduler
 
 from .battery import SamplerBattery
-from .wrapped import MatchesDiffusers
+from .wrapped import FEW_STEP, MatchesDiffusers
 
 
 class TestHeun(SamplerBattery, MatchesDiffusers):
     name = "heun"
     predicts = {"epsilon", "v_prediction", "sample"}
-    cases = {"heun": ({"name": "heun"}, HeunDiscreteScheduler, {})}
+    cases = {"heun": ({"name": "heun"}, HeunDiscreteScheduler, FEW_STEP)}

@@ -50,3 +50,25 @@ def test_sampler_scheduler_runs_its_stages_over_their_ranges():
     assert [done for done, _ in seen] == list(range(1, 11))
     with pytest.raises(PlanError, match="cannot run a range of steps"):
         SamplerScheduler(SamplerSchedulerConfig(stages=[{"sampler": {"name": "ddim"}}]), VP_CONFIG)
+
+
+def test_an_sde_stage_draws_its_noise_from_the_seeds():
+    """The preset (SDE-DPM-Solver++ over the first half, then UniPC): seeded, so the same seeds give the same samples
+    and other seeds others; and not the all-ODE schedule (the same ODE stage from the start)."""
+    data = GaussianData(VP_CONFIG)
+    noise = data.noise(2)
+
+    def sample(config, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return SamplerScheduler(config, VP_CONFIG).sample(data.denoise, noise, 10, generators, lambda *a: None)
+
+    preset = SamplerSchedulerConfig(preset="sde-then-ode")
+    assert [type(stage).__name__ for stage in SamplerScheduler(preset, VP_CONFIG).stages] == ["SDEDPMSolverPP",
+                                                                                               "DCSolver"]  # fmt: skip
+    mixed = sample(preset, [1, 2])
+    assert torch.equal(mixed, sample(preset, [1, 2]))
+    assert not torch.allclose(mixed, sample(preset, [3, 4]))
+    ode = SamplerSchedulerConfig(stages=[{"sampler": {"name": "dc-solver", "ratios": {1: [1.0]}}}])
+    assert (mixed - sample(ode, [1, 2])).abs().max() > 0.05
+    with pytest.raises(ValueError, match="not both"):
+        SamplerSchedulerConfig(preset="sde-then-ode", stages=[{"sampler": {"name": "paradigms"}}])

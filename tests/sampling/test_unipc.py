@@ -7,19 +7,23 @@ import pytest
 from diffusers import UniPCMultistepScheduler
 
 from .battery import SamplerBattery
-from .wrapped import FLOW, MatchesDiffusers, assert_matches_the_pipeline_loop
+from .wrapped import FEW_STEP, FLOW, THRESHOLDED, MatchesDiffusers, assert_matches_the_pipeline_loop
 
 
 class TestUniPC(SamplerBattery, MatchesDiffusers):
     name = "unipc"
     predicts = {"epsilon", "v_prediction", "sample", "flow"}
     cases = {
-        f"unipc-{order}": ({"name": "unipc", "order": order}, UniPCMultistepScheduler, {"solver_order": order})
+        f"unipc-{order}": (
+            {"name": "unipc", "order": order},
+            UniPCMultistepScheduler,
+            {**THRESHOLDED, "solver_order": order},
+        )
         for order in (1, 2, 3)
     }
     flow_cases = {
-        "unipc": ({"name": "unipc"}, UniPCMultistepScheduler, FLOW),
-        "unipc-3": ({"name": "unipc", "order": 3}, UniPCMultistepScheduler, {**FLOW, "solver_order": 3}),
+        "unipc": ({"name": "unipc"}, UniPCMultistepScheduler, {**FLOW, **FEW_STEP}),
+        "unipc-3": ({"name": "unipc", "order": 3}, UniPCMultistepScheduler, {**FLOW, **FEW_STEP, "solver_order": 3}),
     }
 
 
@@ -27,5 +31,5 @@ def test_the_comparison_sees_a_wrong_setting(tiny_dit_dir):
     """The exact comparison fails when the wrapper and the reference differ in one setting (order 2 vs 3)."""
     with pytest.raises(AssertionError):
         assert_matches_the_pipeline_loop(
-            tiny_dit_dir, {"name": "unipc", "order": 2}, UniPCMultistepScheduler, {"solver_order": 3}
+            tiny_dit_dir, {"name": "unipc", "order": 2}, UniPCMultistepScheduler, {**THRESHOLDED, "solver_order": 3}
         )

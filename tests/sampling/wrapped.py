@@ -15,6 +15,10 @@ from .battery import GUIDANCE, STEPS
 
 FLOW = {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"}
 """How diffusers' own Wan pipelines set up DPM-Solver++ / UniPC for a flow-matching model."""
+FEW_STEP = {"timestep_spacing": "trailing"}
+"""The wrapped few-step solvers' default spacing (sampling/fair.py)."""
+THRESHOLDED = {**FEW_STEP, "thresholding": True, "sample_max_value": 1.0}
+"""Their defaults on the tiny DiT, whose DDPM config clips x̂₀: diffusers' thresholding at maximum 1."""
 
 
 def pipeline_loop(engine, scheduler, label: int, seeds: list[int], step_kwargs: dict | None = None) -> torch.Tensor:

@@ -8,6 +8,8 @@ multistep reuses the previous steps' outputs (one call per step). Under strong g
 prediction extrapolates badly at high noise (the DPM-Solver++ paper's point): on digits-dit at guidance 4
 and 10 steps the multistep forms classified 1.0, the single-step ones saturated (accuracy 0.8 / 0.0 / 0.6
 for orders 1 / 2 / 3, 10 samples of one digit); there, use `dpm-solver++`.
+Defaults: "trailing" spacing, x̂₀ clipped as the checkpoint says (sampling/fair.py); the single-step form
+cannot clip.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ditserve.errors import PlanError
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.base import SamplerConfig
 from ditserve.sampling.diffusers_scheduler import DiffusersSampler
+from ditserve.sampling.fair import ThresholdingConfig, thresholding_overrides
 
 
-class DPMSolverConfig(SamplerConfig):
+class DPMSolverConfig(ThresholdingConfig):
     name: Literal["dpm-solver"] = "dpm-solver"
     steps: int = Field(20, ge=1, le=1000)
     """Default number of denoising steps (a request may ask for another number within the limits)."""
@@ -45,10 +48,21 @@ class DPMSolver(DiffusersSampler):
     def scheduler_class(self) -> str:  # type: ignore[override]
         return "DPMSolverMultistepScheduler" if self.config.multistep else "DPMSolverSinglestepScheduler"
 
+    def __init__(self, config: DPMSolverConfig, scheduler_config: dict) -> None:
+        super().__init__(config, scheduler_config)
+        if config.clip_sample and not config.multistep:
+            raise PlanError(
+                "dpm-solver: the single-step solver cannot clip x̂₀ (diffusers' single-step thresholding fails on "
+                "image-shaped samples); set multistep: true or clip_sample: false"
+            )
+
     def scheduler_overrides(self) -> dict[str, Any]:
+        clip = thresholding_overrides(self.config.clip_sample, self.scheduler_config) if self.config.multistep else {}
         return {
             "algorithm_type": "dpmsolver",
             "final_sigmas_type": "sigma_min",  # diffusers runs the noise-prediction solver only down to σ_min
             "solver_order": self.config.order,
             "lower_order_final": self.config.lower_order_final,
+            "timestep_spacing": self.config.timestep_spacing,
+            **clip,
         }

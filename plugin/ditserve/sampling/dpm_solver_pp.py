@@ -5,7 +5,8 @@ Models"): diffusers' `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolv
 DPM-Solver in the data prediction x̂₀ instead of the noise, multistep: it stays stable under large
 guidance scales, which noise-prediction solvers are not. The SDE variant re-injects noise each step
 (second order, from each image's own generator). On a flow-matching checkpoint it runs on the flow's
-σ (`DiffusersSampler.flow_settings`).
+σ (`DiffusersSampler.flow_settings`). Defaults: "trailing" spacing, x̂₀ clipped as the checkpoint says
+(sampling/fair.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.base import SamplerConfig
 from ditserve.sampling.diffusers_scheduler import DiffusersSampler
+from ditserve.sampling.fair import ThresholdingConfig, thresholding_overrides
 
 VARIANTS = {"2M": ("dpmsolver++", 2), "3M": ("dpmsolver++", 3), "SDE": ("sde-dpmsolver++", 2)}
 """Variant → (diffusers algorithm_type, solver order)."""
 
 
-class DPMSolverPPConfig(SamplerConfig):
+class DPMSolverPPConfig(ThresholdingConfig):
     name: Literal["dpm-solver++"] = "dpm-solver++"
     steps: int = Field(20, ge=1, le=1000)
     """Default number of denoising steps (a request may ask for another number within the limits)."""
@@ -46,5 +47,7 @@ class DPMSolverPP(DiffusersSampler):
             "algorithm_type": algorithm,
             "solver_order": order,
             "lower_order_final": self.config.lower_order_final,
+            "timestep_spacing": self.config.timestep_spacing,
+            **thresholding_overrides(self.config.clip_sample, self.scheduler_config),
             **self.flow_settings(),
         }

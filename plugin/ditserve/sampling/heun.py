@@ -12,11 +12,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.base import SamplerConfig
 from ditserve.sampling.diffusers_scheduler import DiffusersSampler
+from ditserve.sampling.fair import FewStepConfig
 
 
-class HeunConfig(SamplerConfig):
+class HeunConfig(FewStepConfig):
     name: Literal["heun"] = "heun"
     steps: int = Field(20, ge=1, le=1000)
     """Steps; Heun calls the model 2·steps − 1 times."""
@@ -33,4 +33,4 @@ class Heun(DiffusersSampler):
     prediction_types = frozenset({"epsilon", "v_prediction", "sample"})
 
     def scheduler_overrides(self) -> dict[str, Any]:
-        return {"use_karras_sigmas": self.config.karras_sigmas}
+        return {"use_karras_sigmas": self.config.karras_sigmas, "timestep_spacing": self.config.timestep_spacing}

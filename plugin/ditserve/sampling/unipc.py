@@ -5,7 +5,8 @@ A multistep predictor (UniP) and a corrector (UniC) that re-solves each step wit
 taken at its end, raising the order by one at no extra model call. B(h) = e^h − 1 (the paper's bh2,
 diffusers' default): bh1 gave NaN in diffusers 0.42.1 on both a cosine-beta and a flow schedule, so it is
 not offered. On a flow-matching checkpoint it runs on the flow's σ, as diffusers' Wan pipelines do
-(`DiffusersSampler.flow_settings`).
+(`DiffusersSampler.flow_settings`). Defaults: "trailing" spacing, x̂₀ clipped as the checkpoint says
+(sampling/fair.py).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.base import SamplerConfig
 from ditserve.sampling.diffusers_scheduler import DiffusersSampler
+from ditserve.sampling.fair import ThresholdingConfig, thresholding_overrides
 
 
-class UniPCConfig(SamplerConfig):
+class UniPCConfig(ThresholdingConfig):
     name: Literal["unipc"] = "unipc"
     steps: int = Field(20, ge=1, le=1000)
     """Default number of denoising steps (a request may ask for another number within the limits)."""
@@ -41,5 +42,7 @@ class UniPC(DiffusersSampler):
         return {
             "solver_order": self.config.order,
             "lower_order_final": self.config.lower_order_final,
+            "timestep_spacing": self.config.timestep_spacing,
+            **thresholding_overrides(self.config.clip_sample, self.scheduler_config),
             **self.flow_settings(),
         }
