@@ -11,6 +11,9 @@ What it takes to run them on the embedded models (found on this machine):
   (`enable_separate_cfg=False`: the engine batches [cond; uncond]). DiT reads `transformer_blocks[0].norm1`
   after the block loop, where cache-dit has put its wrapper: the wrapper is given block 0's `norm1`.
   SD3's last joint block returns no encoder states, so TaylorSeer's encoder calibrator is off there.
+- cache-dit's F8B0 (its choice for large models) computes the first 8 blocks of every step: the embedded
+  models have 6 (digits-dit) and 4 (digits-flow), so it would cache nothing and is not swept; Fn = 1, 2
+  and Bn = 0, 1 are.
 - diffusers' hooks need a cache context set on every call and `reset_stateful_hooks()` between requests.
   Its TaylorSeer hook, left to its default module identifiers, hooks nothing in DiT's blocks (it looks
   for attention-like module names); it is given the block names, as its `cache_identifiers` allow.

@@ -20,22 +20,21 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ditserve.caching.base import CacheConfig
-from ditserve.caching.fora import Fora
+from ditserve.caching.fora import Fora, ForaConfig
 from ditserve.registry import CACHES
 
 
-class ABCacheConfig(CacheConfig):
+class ABCacheConfig(ForaConfig):
+    """FORA's schedule (spacing, interval, warm-up, ends) with its own defaults, and the extrapolation's order."""
+
     name: Literal["ab-cache"] = "ab-cache"
     spacing: float = Field(0.08, gt=0.0, le=1.0)
     """Full steps are at least this much denoising progress (1 − t/t₀) apart; the steps between extrapolate
     the residuals. Holds its fidelity at any step count."""
-    interval: int | None = Field(None, ge=1, le=100)
-    """Compute all blocks every `interval` steps instead of by `spacing`."""
-    order: int = Field(2, ge=0, le=2)
-    """Adams–Bashforth order of the extrapolation (0 reuses the last residual as FORA does)."""
     warmup: int = Field(2, ge=0, le=1000)
     """Steps at the start that always compute (they also fill the history)."""
+    order: int = Field(2, ge=0, le=2)
+    """Adams–Bashforth order of the extrapolation (0 reuses the last residual as FORA does)."""
 
 
 @CACHES.register("ab-cache")

@@ -33,6 +33,9 @@ class ForaConfig(CacheConfig):
     different setting at another step count)."""
     warmup: int = Field(0, ge=0, le=1000)
     """Steps at the start that always compute."""
+    ends: float = Field(0.0, ge=0.0, lt=1.0)
+    """How much denser full steps come at the start and end of the trajectory than in its middle
+    (caching/trajectory.py: spacing shrinks to spacing/(1 + ends) there; 0: evenly spaced)."""
 
 
 @CACHES.register("fora")
@@ -48,10 +51,13 @@ class Fora(BlockCache):
     def begin_call(self) -> None:
         config = self.config
         self.full = static_full_step(
-            self.call, self.progress, self.last_full, config.warmup, config.interval, config.spacing
+            self.call, self.progress, self.last_full, config.warmup, config.interval, config.spacing, config.ends
         )
         if self.full:
             self.last_full = self.progress
 
     def compute(self, index, block, args, kwargs) -> bool:
         return self.full
+
+    def skips_call(self) -> bool:
+        return not self.full

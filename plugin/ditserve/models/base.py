@@ -7,6 +7,7 @@ its output space into images. Strategies never read a model's attribute names th
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from abc import ABC, abstractmethod
@@ -163,12 +164,17 @@ class FamilyAdapter(ABC):
                 raise RequestError(name, f"must be a multiple of {multiple} (got {value})")
 
 
+@functools.cache
+def forward_parameters(cls: type) -> tuple[inspect.Parameter, ...]:
+    """The parameters of `cls.forward` without `self` (read once per class: caches ask at every block call)."""
+    return tuple(inspect.signature(cls.forward).parameters.values())[1:]
+
+
 def block_argument(block: nn.Module, name: str, args: tuple, kwargs: dict) -> Any:
     """The value a call `block(*args, **kwargs)` gives parameter `name` (its default when not passed)."""
     if name in kwargs:
         return kwargs[name]
-    parameters = list(inspect.signature(type(block).forward).parameters.values())[1:]  # without self
-    for index, parameter in enumerate(parameters):
+    for index, parameter in enumerate(forward_parameters(type(block))):
         if parameter.name == name:
             return args[index] if index < len(args) else parameter.default
     raise ValueError(f"{type(block).__name__}.forward has no parameter {name!r}")
