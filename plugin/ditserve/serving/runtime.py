@@ -132,7 +132,8 @@ class Runtime:
             log.exception("loading %s failed", self.name)
 
     def _warm_up(self) -> None:
-        """Run full batches of the plan's steps through the scheduler: every shape a request will use."""
+        """Run `warmup_rounds` requests of the plan's steps through the scheduler (allocations, lazy initialisation,
+        the step loop) before the server reports ready."""
         engine = self.engine
         subject = {"class_label": 0} if engine.adapter.conditioning == "class" else {"prompt": "warm-up"}
         for _ in range(self.warmup_rounds):
