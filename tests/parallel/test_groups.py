@@ -111,8 +111,8 @@ def test_a_family_whose_attention_processor_the_routers_cannot_reach_is_refused_
 
 
 ROUTINGS = {
-    "sequence sharding": lambda model: shard_sequence(model, Group([0], None, 0), Comm(), local_attention),
-    "pipefusion's routing": lambda model: route_attention(model, lambda _layer: local_attention),
+    "sequence sharding": lambda model: shard_sequence(model, Group([0], None, 0), Comm(), lambda _: local_attention),
+    "pipefusion's routing": lambda model: route_attention(model, lambda _: local_attention),
 }
 
 

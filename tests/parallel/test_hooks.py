@@ -95,7 +95,7 @@ def test_sequence_sharding_cfg_split_and_a_request_cache_come_off_in_every_order
         routed.append(1)
         return local_attention(q, k, v)
 
-    shard_sequence(engine.model, ONE, Comm(), attention)
+    shard_sequence(engine.model, ONE, Comm(), lambda _layer: attention)
     apply_cfg_split(transformer, ONE, Comm())
     on = contextlib.ExitStack()
     on.enter_context(engine._cache_for(engine.validate(cached).cache))  # the request's cache, as a request gets it
@@ -140,7 +140,7 @@ def test_an_attention_that_fails_leaves_nothing_routed(tiny_dit_dir):
 
     with torch.inference_mode():
         loaded = call()
-        shard_sequence(engine.model, ONE, Comm(), lost)
+        shard_sequence(engine.model, ONE, Comm(), lambda _layer: lost)
         with pytest.raises(RuntimeError, match="a peer is gone"):
             call()
         unshard_sequence(engine.model)

@@ -43,6 +43,11 @@ EXACT = {
 }
 APPROXIMATE = {
     "dit-distrifusion2": ("digits", {"name": "distrifusion", "patches": 2, "warmup_steps": 4}, {**DIGITS, "steps": 12}),
+    "dit-distrifusion2+delta-dit": (
+        "digits-delta-dit",
+        {"name": "distrifusion", "patches": 2, "warmup_steps": 4},
+        {**DIGITS, "steps": 12},
+    ),
     "dit-pipefusion2": ("digits", {"name": "pipefusion", "pipefusion": 2, "patches": 2}, DIGITS_RUN),
     "dit-asyncdiff2": ("digits", {"name": "asyncdiff", "components": 2}, DIGITS_RUN),
     "pixart-pipefusion2": ("pixart", {"name": "pipefusion", "pipefusion": 2, "patches": 4}, {**TEXT, "steps": 10}),
@@ -52,10 +57,11 @@ APPROXIMATE = {
     "dit-asyncdiff2xcfg2": ("digits", {"name": "asyncdiff", "components": 2, "cfg": 2}, DIGITS_RUN),
 }
 QUICK = ("dit-ulysses2", "dit-ring2", "dit-cfg2", "dit-usp2x1", "dit-usp1x2", "dit-distrifusion2", "dit-pipefusion2",
-         "dit-asyncdiff2", "pixart-pipefusion2", "pixart-asyncdiff2")  # fmt: skip
+         "dit-asyncdiff2", "pixart-pipefusion2", "pixart-asyncdiff2", "dit-distrifusion2+delta-dit")  # fmt: skip
 """The CI scenarios: 2 ranks, digits-dit and PixArt; every other one is marked slow. USP's 2×2 grid needs 4 ranks
 (slow); at 2 ranks USP runs each of its axes alone (its all-to-all around a ring of one, its ring inside a
-Ulysses group of one)."""
+Ulysses group of one). DistriFusion under Δ-DiT, a cache that skips some blocks of a call, checks that each
+self-attention keeps its own stale keys/values (counted by calls, they went to the wrong layer: 20 dB)."""
 ELSEWHERE = {"data": "test_engine_ranks.py (replicas are the executor's, not a hook's)"}
 """Runners whose battery runs outside the scenarios: data parallelism installs nothing on the model."""
 
@@ -78,6 +84,10 @@ def run_scenarios(root, world: int, names, diffusers: bool = False) -> dict:
         "digits-fora": lambda: [
             {"name": "digits", "path": str(digits), "family": "dit"},
             ddim | {"cache": {"name": "fora", "interval": 2}},
+        ],
+        "digits-delta-dit": lambda: [
+            {"name": "digits", "path": str(digits), "family": "dit"},
+            ddim | {"cache": {"name": "delta-dit"}},
         ],
         "flux": lambda: [{"name": "flux", "path": str(save_flux(root / "flux")), "family": "flux"}, own],
         "pixart": lambda: [{"name": "pixart", "path": str(save_pixart(root / "pixart")), "family": "pixart"}, own],

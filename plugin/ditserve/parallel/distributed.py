@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ditserve.models.base import LoadedModel
     from ditserve.parallel.comm import Comm
     from ditserve.parallel.groups import ProcessGroups
-    from ditserve.parallel.sequence import CoreAttention
+    from ditserve.parallel.sequence import AttentionFor
 
 COMPOSING_AXES = ("cfg", "dp")
 """Axes every technique composes with: guidance branches and replicas never touch the model's sequence."""
@@ -148,8 +148,8 @@ class DistributedRunner(ParallelRunner):
                 "height", f"{height}x{width} makes {tokens} tokens, which {sp} sequence shards cannot split evenly"
             )
 
-    def attention(self, groups: ProcessGroups, comm: Comm, model: LoadedModel) -> CoreAttention | None:
-        """The distributed self-attention over the sp group (None: this runner shards no sequence)."""
+    def attention(self, groups: ProcessGroups, comm: Comm, model: LoadedModel) -> AttentionFor | None:
+        """Each self-attention's distributed attention over the sp group (None: this runner shards no sequence)."""
         return None
 
     def install(self, model: LoadedModel, placement: Placement) -> None:

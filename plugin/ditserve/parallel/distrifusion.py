@@ -7,8 +7,8 @@ keys/values from the previous step, which arrive by an asynchronous all-gather s
 earlier, so the communication overlaps a whole step of computation. Inputs change little between
 adjacent denoising steps, which is why stale keys/values cost little fidelity.
 
-Warm-up: the first `warmup_steps` transformer calls gather fresh keys/values synchronously (exact,
-like sequence parallelism with an all-gather); staleness starts after them. The default of 4 is a
+Warm-up: the first `warmup_steps` calls of each self-attention gather fresh keys/values synchronously
+(exact, like sequence parallelism with an all-gather); staleness starts after them. The default of 4 is a
 choice made here on the digits model (the fidelity test measures it), not a figure from the paper.
 Communication per attention per step, per rank: its k and v once to every other rank,
 2·(N-1)·B·S·H·D/N elements, hidden behind the next step.
@@ -16,6 +16,7 @@ Communication per attention per step, per rank: its k and v once to every other 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -28,20 +29,26 @@ from ditserve.registry import PARALLEL
 
 
 class StaleKVAttention:
-    """The distributed attention of one rank: fresh local k/v, the previous step's k/v for other patches."""
+    """The distributed attention of one rank: fresh local k/v, the previous step's k/v for other patches.
 
-    def __init__(self, group, comm, layers: int, warmup_steps: int) -> None:
-        self.group, self.comm, self.layers, self.warmup_steps = group, comm, layers, warmup_steps
+    Kept per self-attention layer (`self(layer)` is layer `layer`'s attention): its steps are the calls in
+    which that layer computed, so a cache that skips some blocks of a call leaves every layer its own."""
+
+    def __init__(self, group, comm, warmup_steps: int) -> None:
+        self.group, self.comm, self.warmup_steps = group, comm, warmup_steps
         self.reset()
 
     def reset(self) -> None:
         """Forget the previous request's activations (called before every request)."""
-        self.calls = 0
+        self.steps: dict[int, int] = {}
         self.pending: dict[int, tuple[list[torch.Tensor], object]] = {}
 
-    def __call__(self, q, k, v) -> torch.Tensor:
-        layer, step = self.calls % self.layers, self.calls // self.layers
-        self.calls += 1
+    def __call__(self, layer: int):
+        return functools.partial(self.attend, layer)
+
+    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+        step = self.steps.get(layer, 0)
+        self.steps[layer] = step + 1
         kv = torch.stack([k, v])
         if step < self.warmup_steps:
             parts, work = self.comm.all_gather_async(kv, self.group)
@@ -83,6 +90,4 @@ class DistriFusion(DistributedRunner):
     Config = DistriFusionConfig
 
     def attention(self, groups, comm, model):
-        from ditserve.parallel.sequence import self_attentions
-
-        return StaleKVAttention(groups.sp, comm, len(self_attentions(model)), self.config.warmup_steps)
+        return StaleKVAttention(groups.sp, comm, self.config.warmup_steps)

@@ -10,6 +10,7 @@ its k and v, 2·(N-1)·B·S·H·D/N elements. No head constraint.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar, Literal
 
 import torch
@@ -57,4 +58,4 @@ class Ring(DistributedRunner):
     Config = RingConfig
 
     def attention(self, groups, comm, model):
-        return lambda q, k, v: ring_attention(q, k, v, groups.sp, comm)
+        return lambda _layer: functools.partial(ring_attention, group=groups.sp, comm=comm)

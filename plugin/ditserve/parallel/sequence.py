@@ -39,6 +39,10 @@ from ditserve.parallel.comm import Comm
 
 CoreAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """`attention(q, k, v) -> out`, all (batch, heads, local tokens, head dim), softmax scale 1/sqrt(head dim)."""
+AttentionFor = Callable[[int], CoreAttention]
+"""`attention_for(i)`: the core attention of self-attention `i` (in `self_attentions` order). Per layer, so a
+runner that keeps state per layer (stale keys/values) finds it by the layer, not by counting calls, which a
+cache that skips some blocks of a call would put out of step."""
 
 FAMILY_PLANS: dict[str, dict] = {
     # DiT: tokens exist from the patch embedding to the last linear; the unpatchify needs them all.
@@ -210,11 +214,11 @@ def _shard(value, spec: ContextParallelInput, group):
     return value.chunk(group.size, dim=spec.split_dim)[group.rank].contiguous()
 
 
-def shard_sequence(model, group, comm: Comm, attention: CoreAttention) -> None:
-    """Install the plan's cut/gather hooks over `group` and `attention` in every self-attention
+def shard_sequence(model, group, comm: Comm, attention_for: AttentionFor) -> None:
+    """Install the plan's cut/gather hooks over `group`, and `attention_for(i)` in self-attention `i`
     (undo: `unshard_sequence`)."""
     transformer = model.transformer
-    route_attention(model, lambda _layer: attention)
+    route_attention(model, attention_for)
     for name, entry in plan_for(model.adapter.family, transformer).items():
         module = transformer.get_submodule(name) if name else transformer
         if isinstance(entry, ContextParallelOutput):
@@ -234,7 +238,7 @@ def unshard_sequence(model) -> None:
     unroute_attention(model)
 
 
-def route_attention(model, attention_for: Callable[[int], CoreAttention]) -> None:
+def route_attention(model, attention_for: AttentionFor) -> None:
     """While self-attention `i` of `self_attentions(model)` runs, its processor's attention product goes to
     `attention_for(i)` (undo: `unroute_attention`)."""
     check_routable(model)

@@ -9,6 +9,7 @@ times (N-1)/N.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar, Literal
 
 import torch
@@ -54,4 +55,4 @@ class Ulysses(DistributedRunner):
     Config = UlyssesConfig
 
     def attention(self, groups, comm, model):
-        return lambda q, k, v: ulysses_attention(q, k, v, groups.sp, comm)
+        return lambda _layer: functools.partial(ulysses_attention, group=groups.sp, comm=comm)
