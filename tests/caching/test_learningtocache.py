@@ -34,18 +34,19 @@ def test_without_a_schedule_it_refuses_to_load_and_names_the_command(dit4_dir, t
         engine_for(dit4_dir, {"name": "learning-to-cache", "schedule": str(tmp_path / "missing.json")})
 
 
-def test_learning_with_a_frozen_model_gives_a_router_that_skips_more_with_more_sparsity(dit4_dir, tmp_path):
+def test_learning_with_a_frozen_model_gives_a_router_that_reuses_the_fraction_asked_for(dit4_dir, tmp_path):
     from ditserve.caching.learningtocache import LearningToCache
 
     engine = engine_for(dit4_dir, {"name": "none"})
     weights = [p.clone() for p in engine.model.transformer.parameters()]
-    skipped = []
-    for sparsity, folder in ((0.0, tmp_path / "a"), (2.0, tmp_path / "b")):
+    reused = []
+    for reuse, folder in ((0.2, tmp_path / "a"), (0.4, tmp_path / "b")):
         folder.mkdir()
-        fields = LearningToCache.calibrate(engine, 1, {"sparsity": sparsity}, folder)
+        fields = LearningToCache.calibrate(engine, 1, {"reuse": reuse, "epochs": 10}, folder)
         router = json.loads(Path(fields["schedule"]).read_text())["router"]
         assert len(router) == 8 and len(router[0]) == 4
-        result = engine_for(dit4_dir, {"name": "learning-to-cache", **fields}).generate(request())
-        skipped.append(result.stats.block_evaluations_full - result.stats.block_evaluations)
+        stats = engine_for(dit4_dir, {"name": "learning-to-cache", **fields}).generate(request()).stats
+        reused.append(1 - stats.block_evaluations / stats.block_evaluations_full)
     assert all((p == w).all() for p, w in zip(engine.model.transformer.parameters(), weights, strict=True))
-    assert skipped[0] < skipped[1]
+    # at the calibration's step count the router reuses the fraction asked for, up to one block of 32
+    assert reused == pytest.approx([0.2, 0.4], abs=1 / 32 + 1e-9)
