@@ -4,6 +4,7 @@ BUILTINS: dict[str, str] = {
     "fp8": "ditserve.quantization.fp8:FP8",
     "int8": "ditserve.quantization.int8:Int8Weight",
     "lbq": "ditserve.quantization.lbq:LBQ",
+    "mixdq": "ditserve.quantization.mixdq:MixDQ",
     "mixed": "ditserve.quantization.mixed:MixedPrecision",
     "none": "ditserve.quantization.none:NoQuant",
     "sage": "ditserve.quantization.sage:SageAttentionBackend",

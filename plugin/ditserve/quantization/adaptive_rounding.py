@@ -34,6 +34,28 @@ class BlockQuantizer(Protocol):
         """`values` (rows, k) rounded onto the grid scaled by `scale` (rows, 1), in the values' units."""
 
 
+class IntBlock:
+    """A `BlockQuantizer` onto symmetric signed integers of `bits` (±(2^(bits−1) − 1)), one fp16 scale per `block`
+    inputs of a row; each block's scale is its absmax over the top level, times a clip ratio chosen per block."""
+
+    CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8)
+
+    def __init__(self, bits: int, block: int) -> None:
+        self.levels, self.block = 2 ** (bits - 1) - 1, block
+
+    def scales(self, weights: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+        absmax = weights.abs().amax(dim=1).float().clamp(min=1e-8)
+        candidates = [(absmax * clip / self.levels).half().float() for clip in self.CLIPS]
+        choice = best_scale(weights, importance, candidates, self)
+        return torch.stack(candidates)[choice, torch.arange(weights.shape[0])]
+
+    def effective(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored
+
+    def round(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return torch.round(values / scale).clamp(-self.levels, self.levels) * scale
+
+
 def best_scale(weights: torch.Tensor, importance: torch.Tensor, candidates: list[torch.Tensor], quantizer) -> int:
     """Index per row (rows,) of the stored-scale candidate with the least diag(H)-weighted rounding error."""
     errors = []

@@ -92,6 +92,45 @@ class TransformerInputs(Recorder):
         self.handle.remove()
 
 
+def spread(calls: list, count: int) -> list:
+    """`count` of the recorded transformer calls, evenly spaced over them (so over the sampling steps)."""
+    return calls[:: max(1, len(calls) // count)][:count]
+
+
+def thinned(call: tuple[tuple, dict], rows: int) -> tuple[tuple, dict]:
+    """A recorded transformer call on `rows` of its batch, evenly spaced (so both halves of a guidance batch):
+    every tensor argument whose first dimension is the batch is sliced alike."""
+    args, kwargs = call
+    batch = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 1).shape[0]
+    keep = torch.arange(0, batch, max(1, batch // rows))[:rows]
+
+    def slice_(value):
+        return value[keep] if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch else value
+
+    return tuple(slice_(a) for a in args), {k: slice_(v) for k, v in kwargs.items()}
+
+
+def probe_outputs(model, probes: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
+    """The transformer's output (fp32) on each recorded call: what a layer's sensitivity is measured on."""
+    with torch.inference_mode():
+        return [model.transformer(*args, **kwargs)[0].float() for args, kwargs in probes]  # output or tuple
+
+
+class Together(Recorder):
+    """Several recorders observing the same calibration requests (one sampling run for all their statistics)."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders = recorders
+
+    def attach(self, engine: Engine) -> None:
+        for recorder in self.recorders:
+            recorder.attach(engine)
+
+    def detach(self) -> None:
+        for recorder in self.recorders:
+            recorder.detach()
+
+
 def input_absmax(engine: Engine, samples: int, steps: int, scope: Scope | None = None) -> dict[str, torch.Tensor]:
     """`InputAbsmax` over `samples` calibration requests of `steps` steps on `engine`'s (unquantized) model."""
     recorder = InputAbsmax(scope)

@@ -12,5 +12,6 @@ from __future__ import annotations
 
 FIDELITY_FLOORS_DB: dict[str, float] = {
     "lbq": 30.0,
+    "mixdq": 30.0,
 }
 """Quantizer name → the floor, in dB, of its CI fidelity check."""

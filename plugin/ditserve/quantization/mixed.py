@@ -20,7 +20,7 @@ from torch import nn
 
 from ditserve.calibrate import record
 from ditserve.quantization.base import CalibratedQuantConfig, Quantizer
-from ditserve.quantization.calibration import TransformerInputs
+from ditserve.quantization.calibration import TransformerInputs, probe_outputs, spread
 from ditserve.quantization.int8 import Int8WeightLinear
 from ditserve.quantization.layers import block_linears, replace_module
 from ditserve.registry import QUANTIZERS
@@ -72,21 +72,16 @@ class MixedPrecision(Quantizer):
         cfg = self.config
         recorder = TransformerInputs()
         record(engine, recorder, cfg.calibration_samples, cfg.calibration_steps)
-        step = max(1, len(recorder.calls) // cfg.probe_inputs)
-        probes = recorder.calls[::step][: cfg.probe_inputs]
+        probes = spread(recorder.calls, cfg.probe_inputs)
         model = engine.model
-
-        def outputs() -> list[torch.Tensor]:
-            with torch.inference_mode():
-                return [model.transformer(*args, **kwargs)[0].float() for args, kwargs in probes]  # output or tuple
-
-        reference = outputs()
+        reference = probe_outputs(model, probes)
         sensitivity = {}
         for name, linear in block_linears(model).items():
             if linear.in_features % cfg.group:
                 continue
             replace_module(model.transformer, name, Int4WeightLinear(linear, cfg.group))
-            errors = [(out - ref).norm() / ref.norm() for out, ref in zip(outputs(), reference, strict=True)]
+            outputs = probe_outputs(model, probes)
+            errors = [(out - ref).norm() / ref.norm() for out, ref in zip(outputs, reference, strict=True)]
             replace_module(model.transformer, name, linear)
             sensitivity[name] = torch.stack(errors).mean().reshape(1)
         return sensitivity
