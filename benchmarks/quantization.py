@@ -28,7 +28,7 @@ from ditserve.config import load_config, parse_config
 from ditserve.engine import Engine
 from ditserve.quality.metrics import mean_finite, psnr, ssim
 from ditserve.quality.report import measure
-from ditserve.quantization.layers import weight_bytes
+from ditserve.quantization.layers import block_linears, weight_bytes
 from ditserve.request import GenerationRequest
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,6 +43,14 @@ SCHEMES = {
     "svdquant-all-r2": {"name": "svdquant", "rank": 2, "group": 128, "scope": "transformer"},
     "svdquant-all-r1": {"name": "svdquant", "rank": 1, "group": 128, "scope": "transformer"},
     "mixed-6bit": {"name": "mixed", "avg_bits": 6.0, "group": 64},
+    "int4-rtn-g32": {"name": "mixed", "avg_bits": 4.0, "group": 32},
+    "lbq-nv-fp4": {"name": "lbq", "format": "fp4", "convention": "nv"},
+    "lbq-nv-e2m1": {"name": "lbq", "format": "e2m1", "convention": "nv"},
+    "lbq-mx-fp4": {"name": "lbq", "format": "fp4", "convention": "mx"},
+    "lbq-mx-fp6": {"name": "lbq", "format": "fp6", "convention": "mx"},
+    "mixdq-w4.5a8": {"name": "mixdq", "weight_bits": 4.5, "activation_bits": 8.0},
+    "mixdq-w4.5a6": {"name": "mixdq", "weight_bits": 4.5, "activation_bits": 6.0},
+    "mixdq-w4a4": {"name": "mixdq", "weight_bits": 4.0, "activation_bits": 4.0},
     "sage": {"name": "sage"},
     "sage-tile-fp8": {"name": "sage", "scales": "tile", "pv": "fp8"},
     "sparse-0.5": {"name": "sparse", "sparsity": 0.5, "block": 16},
@@ -55,6 +63,17 @@ def engine_with(config_name: str, quant: dict) -> Engine:
     data = base.model_dump(mode="json")
     data["plan"]["quant"] = quant
     return Engine(parse_config(data, base.source))
+
+
+def block_bits_per_weight(engine: Engine, block_weights: int) -> float:
+    """Stored bits per weight of the blocks' linear layers (codes, scales, smoothing factors; biases left out), from
+    the bytes of their state dicts, over the weights of the unquantized blocks' linears."""
+    modules = [
+        m for group in engine.model.adapter.block_groups(engine.model.transformer) for m in group.blocks.modules()
+    ]
+    layers = [m for m in modules if type(m).__name__.endswith("Linear") and not list(m.children())]
+    stored = sum(t.numel() * t.element_size() for m in layers for k, t in m.state_dict().items() if k != "bias")
+    return 8 * stored / block_weights
 
 
 def wall(engine: Engine, request: GenerationRequest) -> float:
@@ -75,6 +94,7 @@ def main() -> None:
     request = GenerationRequest(class_label=7, num_images=args.timing_images, seed=123)
     baseline = engine_with(args.config, SCHEMES["none"])
     fp32_bytes = weight_bytes(baseline.model.transformer)
+    block_weights = sum(m.weight.numel() for m in block_linears(baseline.model).values())
     base_report, base_images, _ = measure(baseline, per_class=args.per_class)
     rows = []
     for name in ["none", *[s for s in args.schemes if s != "none"]]:
@@ -89,6 +109,7 @@ def main() -> None:
             "scheme": name,
             "config": SCHEMES[name],
             "bytes": weight_bytes(engine.model.transformer),
+            "bits_per_weight": block_bits_per_weight(engine, block_weights),
             "load_s": load_s,
             "psnr_db": mean_finite(psnr(images, base_images, data_range=1.0)),
             "ssim": ssim(images, base_images, data_range=1.0).mean().item(),
@@ -98,6 +119,7 @@ def main() -> None:
         })  # fmt: skip
         print(f"{name}: {rows[-1]}", flush=True)
         write(rows, fp32_bytes, base_report, args)  # after every scheme, so an interrupted run keeps its rows
+    print("\n".join([*goals(rows, fp32_bytes), *fidelity_goals(rows)]))
 
 
 GOALS = (
@@ -123,6 +145,31 @@ def goals(rows: list[dict], fp32_bytes: int) -> list[str]:
     return lines
 
 
+def fidelity_goals(rows: list[dict]) -> list[str]:
+    """Issue 20's fidelity goals: a ≤ 4.5-bit scheme at ≥ 30 dB; an fp4 format ≥ int4 RTN + 3 dB at equal bits."""
+    lines = []
+    low = [r for r in rows if r["bits_per_weight"] <= 4.51 and r["scheme"] != "none"]  # NV: + one fp32 per layer
+    best = max(low, key=lambda r: r["psnr_db"], default=None)
+    ok = best is not None and best["psnr_db"] >= 30
+    lines.append(
+        f"- {'PASS' if ok else 'MISS'} — some ≤ 4.5-bit scheme ≥ 30 dB: "
+        + (f"{best['scheme']} {best['bits_per_weight']:.2f} bits, {best['psnr_db']:.1f} dB" if best else "none")
+    )
+    by_name = {r["scheme"]: r for r in rows}
+    if "int4-rtn-g32" in by_name:
+        rtn = by_name["int4-rtn-g32"]
+        for name in ("lbq-nv-fp4", "lbq-nv-e2m1"):
+            if name in by_name:
+                r = by_name[name]
+                gain = r["psnr_db"] - rtn["psnr_db"]
+                lines.append(
+                    f"- {'PASS' if gain >= 3 else 'MISS'} — {name} ≥ int4 RTN + 3 dB at equal bits: "
+                    f"{r['psnr_db']:.1f} dB at {r['bits_per_weight']:.2f} bits vs int4-rtn-g32 {rtn['psnr_db']:.1f} dB "
+                    f"at {rtn['bits_per_weight']:.2f} bits ({gain:+.1f} dB)"
+                )
+    return lines
+
+
 def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
     lines = [
         f"# Quantization on {report.model}",
@@ -136,18 +183,19 @@ def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
         "ratio to the unquantized model run right after it (> 1 is slower; see below). Load: seconds to load and "
         "quantize (calibration included). Produced by `python benchmarks/quantization.py`.",
         "",
-        "| scheme | config | weight MB | × smaller than fp32 | × smaller than bf16 | PSNR dB | SSIM | accuracy "
-        "| Fréchet | CPU wall ratio | load s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scheme | config | weight MB | block bits/weight | × smaller than fp32 | × smaller than bf16 | PSNR dB "
+        "| SSIM | accuracy | Fréchet | CPU wall ratio | load s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         config = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "name") or "—"
         lines.append(
-            f"| {r['scheme']} | {config} | {r['bytes'] / 1e6:.2f} | {fp32_bytes / r['bytes']:.2f} | "
+            f"| {r['scheme']} | {config} | {r['bytes'] / 1e6:.2f} | {r['bits_per_weight']:.2f} | "
+            f"{fp32_bytes / r['bytes']:.2f} | "
             f"{fp32_bytes / 2 / r['bytes']:.2f} | {r['psnr_db']:.1f} | {r['ssim']:.4f} | {r['accuracy']:.3f} | "
             f"{r['frechet']:.2f} | {r['cpu_wall_ratio']:.2f} | {r['load_s']:.1f} |"
         )
-    lines += ["", "## Goals (printed, not gates)", "", *goals(rows, fp32_bytes)]
+    lines += ["", "## Goals (printed, not gates)", "", *goals(rows, fp32_bytes), *fidelity_goals(rows)]
     lines += [
         "",
         f"Fréchet floor (real train split vs held-out): {report.frechet_floor_train_vs_held_out:.2f}.",
