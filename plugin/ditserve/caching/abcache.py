@@ -34,7 +34,9 @@ class ABCacheConfig(ForaConfig):
     warmup: int = Field(2, ge=0, le=1000)
     """Steps at the start that always compute (they also fill the history)."""
     order: int = Field(2, ge=0, le=2)
-    """Adams–Bashforth order of the extrapolation (0 reuses the last residual as FORA does)."""
+    """Adams–Bashforth order of the extrapolation (0 reuses the last residual as FORA does). The higher orders
+    help where full steps are close (the default spacing); over long gaps between full steps (spacing ≳ 0.15)
+    a second-order extrapolation overshoots and loses to plain reuse: use order 1 or 0 there."""
 
 
 @CACHES.register("ab-cache")
