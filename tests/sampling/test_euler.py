@@ -5,14 +5,14 @@ from __future__ import annotations
 from diffusers import EulerDiscreteScheduler
 
 from .battery import SamplerBattery
-from .wrapped import FEW_STEP, MatchesDiffusers
+from .wrapped import FEW_STEP, LEADING, MatchesDiffusers
 
 
 class TestEuler(SamplerBattery, MatchesDiffusers):
     name = "euler"
     predicts = {"epsilon", "v_prediction", "sample"}
     cases = {
-        "euler": ({"name": "euler"}, EulerDiscreteScheduler, FEW_STEP),
+        "euler": ({"name": "euler", "timestep_spacing": "leading"}, EulerDiscreteScheduler, LEADING),
         "euler-karras": (
             {"name": "euler", "karras_sigmas": True},
             EulerDiscreteScheduler,

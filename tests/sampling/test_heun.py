@@ -1,14 +1,14 @@
-"""Heun (diffusers' HeunDiscreteScheduler): the battery and the diffusers loop."""
+"""Heun (diffusers' HeunDiscreteScheduler): the battery and the diffusers loop where σ starts moderate."""
 
 from __future__ import annotations
 
 from diffusers import HeunDiscreteScheduler
 
 from .battery import SamplerBattery
-from .wrapped import FEW_STEP, MatchesDiffusers
+from .wrapped import LEADING, MatchesDiffusers
 
 
 class TestHeun(SamplerBattery, MatchesDiffusers):
     name = "heun"
     predicts = {"epsilon", "v_prediction", "sample"}
-    cases = {"heun": ({"name": "heun"}, HeunDiscreteScheduler, FEW_STEP)}
+    cases = {"heun": ({"name": "heun", "timestep_spacing": "leading"}, HeunDiscreteScheduler, LEADING)}

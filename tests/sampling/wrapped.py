@@ -17,6 +17,9 @@ FLOW = {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_pre
 """How diffusers' own Wan pipelines set up DPM-Solver++ / UniPC for a flow-matching model."""
 FEW_STEP = {"timestep_spacing": "trailing"}
 """The wrapped few-step solvers' default spacing (sampling/fair.py)."""
+LEADING = {"timestep_spacing": "leading"}
+"""Where the σ-space solvers (Euler, Heun) run the plain diffusers loop on the tiny DiT: its cosine schedule's last
+timestep has σ ≈ 20291, and from there their first step is DDIM's (sampling/sigma_space.py, test_sigma_space.py)."""
 THRESHOLDED = {**FEW_STEP, "thresholding": True, "sample_max_value": 1.0}
 """Their defaults on the tiny DiT, whose DDPM config clips x̂₀: diffusers' thresholding at maximum 1."""
 

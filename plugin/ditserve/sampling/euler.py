@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.diffusers_scheduler import DiffusersSampler
 from ditserve.sampling.fair import FewStepConfig
+from ditserve.sampling.sigma_space import SigmaSpaceSampler
 
 
 class EulerConfig(FewStepConfig):
@@ -25,7 +25,7 @@ class EulerConfig(FewStepConfig):
 
 
 @SAMPLERS.register("euler")
-class Euler(DiffusersSampler):
+class Euler(SigmaSpaceSampler):
     """Euler: first-order steps of the probability-flow ODE in σ."""
 
     Config = EulerConfig

@@ -4,7 +4,11 @@ Two settings decide a comparison on a pixel-space checkpoint before the solver d
 - timestep spacing: a checkpoint's "leading" spacing (DDPM-era configs) starts a few-step run far below the last
   trained timestep (5 steps: t = 800 of 999), so the run integrates from a noisier-than-assumed start and
   converges to a different sample than a solver starting at 999. diffusers recommends "trailing" for few
-  steps; every wrapped solver here defaults to it, and the own solvers always start at the last timestep;
+  steps; every wrapped solver here defaults to it, and the own solvers always start at the last timestep.
+  That advice assumes a moderate σ_T = √((1 − ᾱ_T)/ᾱ_T) at the last timestep (linear betas: 157). Where it is
+  extreme (digits-dit's `squaredcos_cap_v2`: 20291) the solvers that step in σ (Euler, Heun) take their first
+  interval as clipped DDIM steps (sampling/sigma_space.py): they still start at the last timestep, so the check
+  below holds for them unchanged;
 - clipping x̂₀: with `clip_sample` on (digits-dit), DDIM, DDPM and Heun clip the data prediction to [-1, 1]
   and the own solvers follow the checkpoint; the multistep solvers (DPM-Solver, DPM-Solver++, UniPC) clip
   through diffusers' `thresholding` with maximum 1 (the dynamic threshold s = clamp(quantile, 1, 1) = 1,

@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ditserve.registry import SAMPLERS
-from ditserve.sampling.diffusers_scheduler import DiffusersSampler
 from ditserve.sampling.fair import FewStepConfig
+from ditserve.sampling.sigma_space import SigmaSpaceSampler
 
 
 class HeunConfig(FewStepConfig):
@@ -25,7 +25,7 @@ class HeunConfig(FewStepConfig):
 
 
 @SAMPLERS.register("heun")
-class Heun(DiffusersSampler):
+class Heun(SigmaSpaceSampler):
     """Heun: second-order (explicit trapezoidal) steps of the probability-flow ODE in σ."""
 
     Config = HeunConfig
