@@ -20,7 +20,7 @@ from ditserve.serving.auth import ApiKeyInterceptor
 from ditserve.serving.parsing import from_proto
 from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
-from ditserve.serving.schemas import encode_image, failure
+from ditserve.serving.schemas import failure, image_fields
 from ditserve.serving.settings import SETTINGS
 from ditserve.v1 import diffusion_pb2 as pb
 from ditserve.v1 import diffusion_pb2_grpc as pb_grpc
@@ -53,15 +53,9 @@ def mirrored(message_class, values, **given):
     return message_class(**fields, **given)
 
 
-def to_image(image_json: dict) -> pb.Image:
-    import base64
-
-    return mirrored(pb.Image, image_json, data=base64.b64decode(image_json["b64"]))
-
-
 def to_response(model: str, result, fmt: str) -> pb.GenerateResponse:
     stats = mirrored(pb.Stats, result.stats)
-    images = [to_image(encode_image(i, seed, fmt)) for i, seed in zip(result.images, result.seeds, strict=True)]
+    images = [pb.Image(**image_fields(i, seed, fmt)) for i, seed in zip(result.images, result.seeds, strict=True)]
     return pb.GenerateResponse(model=model, images=images, stats=stats)
 
 
@@ -108,7 +102,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         future = asyncio.wrap_future(ticket.future)
         try:
             async for u in relay.until_done(future):
-                previews = [] if u.previews is None else [to_image(encode_image(p, 0, "png")) for p in u.previews]
+                previews = [] if u.previews is None else [pb.Image(**image_fields(p, 0, "png")) for p in u.previews]
                 yield pb.GenerateEvent(
                     progress=pb.Progress(step=u.step, total=u.total, elapsed_s=u.elapsed, previews=previews)
                 )
@@ -209,8 +203,9 @@ class GrpcServer:
             if method.endswith(("/Generate", "/GenerateStream")):  # generation requests are the counted ones
                 self.runtime.metrics_count("grpc", "unauthenticated")
 
-        interceptor = ApiKeyInterceptor(self.runtime, refused)
-        server = grpc.aio.server(interceptors=[interceptor], options=server_options())
+        # Without a key every call is let in: no interceptor, whose coroutine layer each call would pay for.
+        interceptors = [ApiKeyInterceptor(self.runtime, refused)] if self.runtime.api_key else []
+        server = grpc.aio.server(interceptors=interceptors, options=server_options())
         pb_grpc.add_DiffusionServiceServicer_to_server(DiffusionServicer(self.runtime), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ditserve.errors import Cancelled, RequestError
 from ditserve.request import MAX_SEED, GenerationRequest
+from ditserve.serving import png
 
 if TYPE_CHECKING:
     import torch
@@ -54,23 +55,22 @@ class GenerateBody(BaseModel):
         return GenerationRequest(**fields)
 
 
-def encode_image(image: torch.Tensor, seed: int, fmt: str) -> dict:
-    """One (C, H, W) image in [0, 1] as JSON: PNG or exact float32 bytes, base64."""
-    from ditserve.images import to_pil, to_png
-
+def image_fields(image: torch.Tensor, seed: int, fmt: str) -> dict:
+    """One (C, H, W) image in [0, 1]: its bytes (PNG, or exact float32 for "raw") and what describes them,
+    named as the gRPC `Image` names its fields."""
     c, h, w = image.shape
     if fmt == "raw":
         data, mime = image.contiguous().numpy().astype("<f4").tobytes(), "application/x-float32"
     else:
-        data, mime = to_png(to_pil(image[None])[0]), "image/png"
-    return {
-        "seed": seed,
-        "mime_type": mime,
-        "channels": c,
-        "height": h,
-        "width": w,
-        "b64": base64.b64encode(data).decode(),
-    }
+        data, mime = png.encode(image), "image/png"
+    return {"seed": seed, "mime_type": mime, "channels": c, "height": h, "width": w, "data": data}
+
+
+def encode_image(image: torch.Tensor, seed: int, fmt: str) -> dict:
+    """One (C, H, W) image in [0, 1] as JSON: PNG or exact float32 bytes, base64."""
+    fields = image_fields(image, seed, fmt)
+    fields["b64"] = base64.b64encode(fields.pop("data")).decode()
+    return fields
 
 
 def stats_json(result: GenerationResult) -> dict:
