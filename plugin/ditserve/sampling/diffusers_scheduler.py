@@ -7,6 +7,8 @@ keyword arguments of `step`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -38,6 +40,13 @@ class DiffusersSampler(Sampler):
         return {"use_flow_sigmas": True, "flow_shift": shift, "prediction_type": "flow_prediction"}
 
     def make_scheduler(self):
+        """A fresh diffusers scheduler, copied from one built once per sampler: building runs diffusers' config
+        checks and a Python loop over the 1000 training betas (~1.2 ms; a copy ~0.13 ms), which every request
+        of a continuous batch pays on the sampler's thread."""
+        return copy.deepcopy(self._template)
+
+    @functools.cached_property
+    def _template(self):
         import diffusers  # deferred: importing diffusers costs seconds, and config validation needs none of it
 
         name = self.scheduler_class or self.scheduler_config.get("_class_name", "DDPMScheduler")
