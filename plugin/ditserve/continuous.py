@@ -8,6 +8,11 @@ cancelled or past their deadline, and the scheduler admits new ones with their o
 sampler and seeds. A thread per request, rather than a step-wise sampler interface, keeps every sampler's
 loop as it is (multistep solvers, Heun's two calls per step) and costs two hand-offs per step.
 
+Between two calls the requests' samplers run one at a time: each holds the loop's baton from its answer to
+its next hand-over. Run all at once, 16 sampler threads took the GIL from each other at every torch op of
+their steps (each op lets the GIL go), and a 16-image step cost 10 % more than the same step in
+`Engine.generate_batch`. The last request to hand over wakes the loop; the others wake nobody.
+
 Only requests whose strategies declare `mixes_in_batch` run here (`mixing_problem`): a sampler whose runs
 share state on its instance, or a cache that decides for a whole model call, would see other requests'
 steps. The scheduler runs those in static batches of their own plan.
@@ -44,7 +49,7 @@ def mixing_problem(engine: Engine, job: Job) -> str | None:
 class Trajectory:
     """One request running through its own sampler on its own thread, one model call at a time."""
 
-    def __init__(self, engine: Engine, job: Job, ticket, board: threading.Condition, on_step: Callable) -> None:
+    def __init__(self, engine: Engine, job: Job, ticket, loop: StepLoop) -> None:
         self.job = job
         self.ticket = ticket
         """Whatever the caller tracks the request by (the scheduler's `Ticket`)."""
@@ -58,7 +63,7 @@ class Trajectory:
         self.error: BaseException | None = None
         self._output: torch.Tensor | None = None
         self._abort: BaseException | None = None
-        self._board, self._answered, self._on_step = board, threading.Event(), on_step
+        self._loop, self._answered = loop, threading.Event()
         self._thread = threading.Thread(target=self._sample, name="ditserve-trajectory", daemon=True)
         self._thread.start()
 
@@ -83,6 +88,7 @@ class Trajectory:
 
     def _sample(self) -> None:
         job, inputs = self.job, self.inputs
+        self._loop.baton.acquire()
         try:
             with torch.inference_mode():  # grad mode is per thread
                 self.latents = job.sampler.sample(
@@ -90,24 +96,34 @@ class Trajectory:
                 )
         except BaseException as err:  # answered by the step loop; nothing may escape a worker thread
             self.error = err
-        with self._board:
-            self.done = True
-            self._board.notify_all()
+        self._hand_over(None)
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self._board:
-            self.call = (x, t)
-            self._board.notify_all()
+        self._hand_over((x, t))
         self._answered.wait()
         self._answered.clear()
+        self._loop.baton.acquire()
         if self._abort is not None:
             raise self._abort
         output, self._output = self._output, None
         return output
 
+    def _hand_over(self, call: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Wait for the model with `call`, or finish (None): wake the loop if every running request now waits,
+        and let the next sampler run."""
+        loop = self._loop
+        with loop.board:
+            if call is None:
+                self.done = True
+            else:
+                self.call = call
+            if all(trajectory.waiting for trajectory in loop.running):
+                loop.board.notify()
+        loop.baton.release()
+
     def _step_done(self, done: int, total: int, x: torch.Tensor) -> None:
         self.stats.steps = done
-        self._on_step(self, ProgressEvent(done, total, time.perf_counter() - self.started, x))
+        self._loop.on_step(self, ProgressEvent(done, total, time.perf_counter() - self.started, x))
 
 
 class StepLoop:
@@ -127,8 +143,12 @@ class StepLoop:
     ) -> None:
         self.engine, self.pad_rows = engine, pad_rows
         self.running: list[Trajectory] = []
-        self._on_step, self._finish, self._stopping = on_step, finish, stopping
-        self._board = threading.Condition()
+        """Changed under `board`, which the requests' threads read it under."""
+        self.on_step, self._finish, self._stopping = on_step, finish, stopping
+        self.board = threading.Condition()
+        """Where the loop waits for the last running request to hand over."""
+        self.baton = threading.Lock()
+        """Held by the one sampler that runs between two calls."""
 
     @property
     def images(self) -> int:
@@ -136,8 +156,9 @@ class StepLoop:
 
     def admit(self, job: Job, ticket) -> Trajectory:
         """Start `job` running (`ticket` is the caller's handle on it); its first call joins the loop's next."""
-        trajectory = Trajectory(self.engine, job, ticket, self._board, self._on_step)
-        self.running.append(trajectory)
+        trajectory = Trajectory(self.engine, job, ticket, self)
+        with self.board:
+            self.running.append(trajectory)
         return trajectory
 
     def step(self) -> tuple[int, int, int]:
@@ -145,7 +166,8 @@ class StepLoop:
         rest; returns the call's images, padding rows and blocks computed (zeros when no call ran)."""
         self._settle()
         for trajectory in [t for t in self.running if t.done]:
-            self.running.remove(trajectory)
+            with self.board:
+                self.running.remove(trajectory)
             self._finish(trajectory)
         if not self.running:
             return 0, 0, 0
@@ -165,9 +187,9 @@ class StepLoop:
 
     def _settle(self) -> None:
         """Wait until every running request waits for a call or finished; stop those that must stop."""
-        with self._board:
+        with self.board:
             while True:
-                self._board.wait_for(lambda: all(t.waiting for t in self.running))
+                self.board.wait_for(lambda: all(t.waiting for t in self.running))
                 stopped = False
                 for trajectory in self.running:
                     reason = None if trajectory.done else self._stopping(trajectory)
