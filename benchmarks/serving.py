@@ -6,7 +6,8 @@ for fewer steps than the plan's 50 where only ratios matter, to keep the run sho
 
 1. Per-request overhead of REST and gRPC on the Bento's config (2-step requests, one at a time): p50 and p99
    of (server call − the engine time the server reports for that call), measured again before each
-   throughput round and reported as the median over rounds.
+   throughput round and reported as the median over rounds; beside it, call for call, the same figure for
+   the bare transports around the same engine call (serving_floor.py): what this machine charges anyway.
 2. Throughput (requests/s) at 1, 4 and 16 concurrent REST clients against four servers: unbatched
    (`batch_images: 1`, static), the Bento's config (continuous), static batching (the same plan's requests
    run to their end together) and continuous with padding (bit-identical across batch-mates); median of
@@ -62,6 +63,8 @@ STEP_MIX = (20, 28, 50)
 LOADS = (0.3, 0.6, 0.9)
 """Arrival rates of the load test, as fractions of the measured capacity."""
 GOAL_OVERHEAD_MS = {"rest": 3.0, "grpc": 1.7}
+FLOOR = {"rest": "bare rest", "grpc": "bare grpc"}
+"""The rows of serving_floor.py's transports in the overhead table."""
 GOAL_LONE = 1.1
 GOAL_BATCH_SPEEDUP = {"cpu": 2.0, "cuda": 5.0}
 GOAL_P50, GOAL_P99 = 0.7, 0.8
@@ -122,18 +125,34 @@ class Server:
         stop_server(self)
 
 
+class FloorServer(Server):
+    """serving_floor.py: the bare transports around the same engine, in one BentoML process."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url, self.grpc = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", BENTOML_DO_NOT_TRACK="True", DITSERVE_CONFIG=str(config),
+                   FLOOR_GRPC_PORT=str(self.grpc_port), BENTOML_HOME=str(log.with_suffix(".home")))  # fmt: skip
+        command = [sys.executable, "-m", "bentoml", "serve", "serving_floor:Floor", "--host", "127.0.0.1",
+                   "--port", str(self.port)]  # fmt: skip
+        self.log = log
+        self.proc = subprocess.Popen(command, env=env, cwd=Path(__file__).parent, stdout=log.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
-def overhead(server: Server, engine, n: int) -> dict[str, dict[str, float]]:
-    """The same request in-process and over REST and gRPC (ms).
+def overhead(server: Server, floor: FloorServer, engine, n: int) -> dict[str, dict[str, float]]:
+    """The same request in-process, over REST and gRPC, and over the bare transports of `floor` (ms).
 
     Two measures of each transport's overhead: `paired`, each call's latency minus the engine time the
     server reported for that very call (`stats.seconds.total`), which no drift or neighbour affects; and
     `vs in-process`, the latency p50 minus the p50 of `Engine.generate` here, which carries any drift of the
     engine's own time between the two phases. The in-process calls run before any client exists, so no client
-    thread shares this process's GIL with them."""
+    thread shares this process's GIL with them. The four paths take turns call by call, in an order reversed
+    every other round."""
     from ditserve.client import GrpcClient, RestClient
     from ditserve.request import GenerationRequest
 
@@ -145,11 +164,16 @@ def overhead(server: Server, engine, n: int) -> dict[str, dict[str, float]]:
         engine.generate(request)
         if k >= 3:  # the first calls warm up
             local.append((time.perf_counter() - started) * 1000)
-    clients = {"rest": RestClient(server.url), "grpc": GrpcClient(server.grpc)}
+    clients = {
+        "rest": RestClient(server.url),
+        "grpc": GrpcClient(server.grpc),
+        FLOOR["rest"]: RestClient(floor.url),
+        FLOOR["grpc"]: GrpcClient(floor.grpc),
+    }
     latency: dict[str, list[float]] = {name: [] for name in clients}
     paired: dict[str, list[float]] = {name: [] for name in clients}
     for k in range(n + 3):
-        for name, client in clients.items():  # interleaved
+        for name, client in list(clients.items())[:: 1 if k % 2 else -1]:  # interleaved, alternating order
             started = time.perf_counter()
             answer = client.generate(**fields)
             elapsed = (time.perf_counter() - started) * 1000
@@ -237,15 +261,19 @@ def raw_image(server: Server, steps: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4")
 
 
-def machine() -> str:
+def machine(before: float | None = None, after: float | None = None) -> str:
+    """The device; on a CPU, how many cores other processes used just before the run (measured now unless
+    given) and, given, just after it."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    threads, busy = torch.get_num_threads(), other_cpu_use()
+    threads = torch.get_num_threads()
+    before = other_cpu_use() if before is None else before
+    late = "" if after is None else f", {after:.2f} in the 2 s after it"
     return (
         f"CPU ({platform.machine()}, {os.cpu_count()} cores, {threads} torch threads; other processes used "
-        f"{busy:.2f} cores in the 2 s before the run)"
+        f"{before:.2f} cores in the 2 s before the run{late})"
     )
 
 
@@ -324,7 +352,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    where = machine()  # before the servers start: what else ran on the machine
+    busy_before = other_cpu_use()  # before the servers start: what else ran on the machine
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     tmp = Path(tempfile.mkdtemp(prefix="ditserve-bench-"))
@@ -335,17 +363,18 @@ def main() -> int:
         PADDED: write_config(tmp, "padded", args.threads, pad_batches=True),
     }
     servers = {name: Server(path, tmp / f"{path.stem}.log") for name, path in configs.items()}
+    floor = FloorServer(configs[BENTO], tmp / "floor.log")
     try:
-        for server in servers.values():
+        for server in [*servers.values(), floor]:
             server.wait_ready()
         engine = Engine.from_config(configs[UNBATCHED])
         scaling = engine_scaling(engine, args.steps, args.repeats)
         rounds = []
         runs = {name: {clients: [] for clients in CLIENTS} for name in servers}
         for _ in range(args.repeats):  # round-robin over the servers, so drift in machine load hits all alike
-            rounds.append(overhead(servers[BENTO], engine, args.overhead_n))
+            rounds.append(overhead(servers[BENTO], floor, engine, args.overhead_n))
             last = rounds[-1]
-            print(f"overhead p50 REST {last['rest']['p50']:.2f} ms, gRPC {last['grpc']['p50']:.2f} ms", flush=True)
+            print(", ".join(f"{name} {last[name]['p50']:.2f} ms" for name in list(last)[1:]), flush=True)
             for clients in CLIENTS:
                 for name, server in servers.items():
                     runs[name][clients].append(throughput(server, clients, (args.steps,)))
@@ -372,8 +401,9 @@ def main() -> int:
         reference = raw_image(servers[UNBATCHED], args.steps)
         fidelity = {name: float(np.abs(raw_image(s, args.steps) - reference).max()) for name, s in servers.items()}
     finally:
-        for server in servers.values():
+        for server in [*servers.values(), floor]:
             server.stop()
+    where = machine(busy_before, other_cpu_use())
 
     lines = report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, scaling, capacity, load)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -384,7 +414,8 @@ def main() -> int:
 
 def report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, scaling, capacity, load) -> list[str]:
     """The results page: tables, then the issue's goals as pass/fail."""
-    per_round = {name: ", ".join(f"{r[name]['p50']:.2f}" for r in rounds) for name in ("rest", "grpc")}
+    paths = list(rounds[0])[1:]
+    per_round = {name: ", ".join(f"{r[name]['p50']:.2f}" for r in rounds) for name in paths}
     lone = 1 / ratios[BENTO][1]
     speedup, goal_speedup = ratios[BENTO][16], GOAL_BATCH_SPEEDUP[device]
     mid = LOADS[1]
@@ -401,7 +432,8 @@ def report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, sca
         (f"{mid:.0%} load, steps {'/'.join(map(str, STEP_MIX))}: continuous p99 ≤ {GOAL_P99}× static",
          p99_ratio <= GOAL_P99, f"{p99_ratio:.2f}×"),
         *((f"{name} overhead p50 ≤ {GOAL_OVERHEAD_MS[name]} ms (paired)", lat[name]["p50"] <= GOAL_OVERHEAD_MS[name],
-           f"{lat[name]['p50']:.2f} ms") for name in ("rest", "grpc")),
+           f"{lat[name]['p50']:.2f} ms; the bare transport around the same engine call: "
+           f"{lat[FLOOR[name]]['p50']:.2f} ms") for name in ("rest", "grpc")),
     ]  # fmt: skip
     threads = f" --threads {args.threads}" if args.threads else ""
     lines = [
@@ -422,14 +454,17 @@ def report(args, where, device, lat, rounds, rates, ratios, fills, fidelity, sca
         f"{lat['in-process']['p99']:.1f} ms. Paired overhead: each call's latency minus the engine time the server "
         "reported for that call (client, HTTP/gRPC, validation, queue, encoding, thread hand-offs); the goal uses "
         "it. vs in-process: latency p50 minus the in-process p50, measured minutes apart, so it also carries the "
-        "drift of the engine's own time between the two phases.",
+        "drift of the engine's own time between the two phases. The bare rows are benchmarks/serving_floor.py, "
+        "call for call with the server: a trivial Starlette app in a BentoML service and a grpc.aio server on a "
+        "thread of it, running `Engine.generate` on a worker thread and answering its PNG — no validation, "
+        "scheduler or metrics; what the transports cost here when the answer takes the engine's time.",
         "",
         "| transport | latency p50 | paired overhead p50 | paired overhead p99 | latency p50 − in-process p50 "
         "| paired p50 per round |",
         "|---|---|---|---|---|---|",
         *(f"| {name} | {lat[name]['latency']:.2f} | {lat[name]['p50']:.2f} | {lat[name]['p99']:.2f} "
           f"| {lat[name]['vs in-process']:.2f} | {per_round[name]} |"
-          for name in ("rest", "grpc")),
+          for name in paths),
         "",
         f"## Throughput (requests/s, {args.steps} steps each, median of {args.repeats} rounds over the servers in "
         "turn; × = median ratio to the unbatched run of the same round)",
