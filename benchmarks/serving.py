@@ -197,7 +197,7 @@ def throughput(server: Server, clients: int, steps: tuple[int, ...], requests: i
     distinct seeds, steps taken in turn from `steps`), and the mean number of request images per model call."""
     from ditserve.client import RestClient
 
-    per = (requests or REQUESTS[clients]) // clients
+    per = max(1, (requests or REQUESTS[clients]) // clients)
     errors: list[BaseException] = []
 
     def client(k: int) -> None:
