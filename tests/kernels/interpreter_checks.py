@@ -161,6 +161,31 @@ def check_sparse_attention(g: torch.Generator) -> dict:
     return errors
 
 
+def check_vq_gemm(g: torch.Generator) -> dict:
+    from ditserve_kernels.vq_gemm import pack_bits, vq_gemm, vq_gemm_reference, vq_gemm_triton
+
+    errors = {}
+    M, N = 21, 37
+    for dtype in DTYPES:
+        # (bits, dim, K): codes that straddle bytes (3, 5, 6 bits), whole bytes (8), K not a multiple of the tile
+        for bits, dim, K in ((5, 2, 72), (8, 4, 80), (3, 1, 40), (6, 8, 64)):
+            x = torch.randn(M, K, generator=g).to(dtype)
+            codes = pack_bits(torch.randint(0, 2**bits, (N, K // dim), generator=g), bits)
+            codebook = torch.randn(2**bits, dim, generator=g).half()
+            scale = (torch.rand(N, K // 8 if dim < 8 else 1, generator=g) + 0.5).half()  # groups of 8, or rows
+            bias = torch.randn(N, generator=g).to(dtype)
+            for b in (bias, None):
+                out = poisoned((M, N), dtype)
+                vq_gemm_triton(x, codes, codebook, scale, b, bits, dtype, out=out)
+                want = vq_gemm_reference(x, codes, codebook, scale, b, bits, dtype)
+                # the same products summed in another order; fp16 inputs and output rounded alike
+                errors[f"{dtype}-{bits}b-d{dim}-bias{b is not None}"] = close(
+                    "vq", out, want, 1e-5 if dtype == torch.float32 else 2e-3
+                )
+        torch.library.opcheck(vq_gemm, (x, codes, codebook, scale, bias, bits, dtype))
+    return errors
+
+
 def main() -> int:
     kernel, seed = sys.argv[1], int(sys.argv[2])
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 CHECKS = Path(__file__).with_name("interpreter_checks.py")
-KERNELS = ("w8a8_gemm", "w4a4_gemm", "adaln_layernorm", "sage_attention", "sparse_attention")
+KERNELS = ("w8a8_gemm", "w4a4_gemm", "adaln_layernorm", "sage_attention", "sparse_attention", "vq_gemm")
 
 pytest.importorskip("triton", reason="triton is installed by `make setup` (extra `dev`)")
 

@@ -10,6 +10,7 @@ BUILTINS: dict[str, str] = {
     "sage": "ditserve.quantization.sage:SageAttentionBackend",
     "sparse": "ditserve.quantization.sparse:SparseAttentionBackend",
     "svdquant": "ditserve.quantization.svdquant:SVDQuant",
+    "vq4dit": "ditserve.quantization.vq4dit:VQ4DiT",
     "w8a8": "ditserve.quantization.w8a8:W8A8",
 }
 """The built-in strategies, name → "module:Class": a module is imported when its name is first looked up."""
