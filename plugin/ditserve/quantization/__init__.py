@@ -10,6 +10,7 @@ BUILTINS: dict[str, str] = {
     "sage": "ditserve.quantization.sage:SageAttentionBackend",
     "sparse": "ditserve.quantization.sparse:SparseAttentionBackend",
     "svdquant": "ditserve.quantization.svdquant:SVDQuant",
+    "tfm-ptq": "ditserve.quantization.tfm_ptq:TFMPTQ",
     "vq4dit": "ditserve.quantization.vq4dit:VQ4DiT",
     "w8a8": "ditserve.quantization.w8a8:W8A8",
 }
