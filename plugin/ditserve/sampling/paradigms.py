@@ -7,9 +7,9 @@ exactly the flow Euler step). Sampling is the fixed point of the whole trajector
 (F_i(x_i) − x_i), which Picard iteration solves: guess every point of a window of `window` steps,
 evaluate the model at all of them in ONE batched call, rebuild every point from the cumulative sum of
 the updates, and repeat. Points whose change falls below `tolerance` times the noise scale σ at that point
-are final (the paper's criterion: an error small against the noise still to be removed there does not show
-in the sample); the window slides past them (at least one step per round: the first point is exact after
-one round) and new points start as copies of the last. Each round is one sequential model call, so with
+(floored at `SIGMA_FLOOR`) are final (the paper's criterion: an error small against the noise still to be
+removed there does not show in the sample); the window slides past them (at least one step per round: the
+first point is exact after one round) and new points start as copies of the last. Each round is one sequential model call, so with
 enough parallel hardware the latency is the rounds, not the steps; the stats' `model_evaluations` counts the rounds and
 `timestep_evaluations` the total work. On a CPU that runs the batch no faster than its members, the
 wall time grows instead: a GPU (or idle cores) is what turns fewer rounds into speed. `window: 1` is the
@@ -34,8 +34,20 @@ TOLERANCE = 0.2
 """Default `tolerance` (relative to σ), chosen by a fidelity target: ParaDiGMS must reproduce its own sequential
 solve (`window: 1`) to ≥ 40 dB PSNR at 20 and 50 steps on the digits models, in as few rounds as that allows.
 The benchmark writes the rounds-vs-fidelity frontier (benchmarks/results/sampling.md); the sweep that chose it
-(digits-dit, guidance 4, 10 images, window 16): 0.02 / 0.05 / 0.1 / 0.2 gave 50 steps 15 / 13 / 12 / 10 rounds
-at 70 / 59 / 49 / 41 dB and 20 steps 12 / 11 / 10 / 9 rounds at 76 / 61 / 56 / 46 dB; 0.3 fell to 37 dB at 50."""
+(guidance 4, 10 images, window 16, σ floored at SIGMA_FLOOR): 0.1 / 0.2 / 0.3 gave digits-dit 50 steps 11 / 9 / 8
+rounds at 49 / 41 / 37 dB and 20 steps 9 / 8 / 7 at 56 / 46 / 40 dB; digits-flow 50 steps 13 / 11 / 10 at
+61 / 50 / 43 dB and 20 steps 11 / 10 / 9 at 65 / 59 / 51 dB: 0.3 misses the target on digits-dit."""
+
+
+SIGMA_FLOOR = 0.2
+"""Below this σ a point's threshold stops shrinking: `tolerance` × SIGMA_FLOOR, in image units. Scaling with σ bounds
+an error against the noise still to be removed, but at the last points σ is 0.001 (flow) to 0.006 (digits-dit), so
+0.2σ asks for changes 30× below the 40 dB target's RMS error of 0.02: the last points then finish one per round,
+by sequential propagation alone (traced: 20 steps on digits-flow, ParaDiGMS's fronts 16, 18, 19, 20 and ParaTAA's
+18, 19, 20). Tang et al. stop on an absolute residual beside the relative one for the same reason. Sweep (10 images,
+guidance 4, rounds at 20 / 50 steps with tolerance 0.2; the frontier in benchmarks/results/sampling.md): floor 0
+→ ParaDiGMS dit 9 / 10, flow 11 / 13, ParaTAA dit 7 / 8, flow 8 / 10; floor 0.2 → ParaDiGMS dit 8 / 9 at 46 / 41
+dB, flow 10 / 11 at 59 / 50 dB, ParaTAA dit 6 / 7, flow 7 / 7; 0.05 and 0.1 sit between. Shared by ParaTAA."""
 
 
 class ParaDiGMSConfig(ODESamplerConfig):
@@ -91,8 +103,9 @@ class PicardSampler(ODESampler):
         return float((new - old).pow(2).flatten(1).mean(dim=1).sqrt().max())
 
     def thresholds(self, taus: np.ndarray) -> np.ndarray:
-        """Per point of `taus`: the change below which it is final, `tolerance` × σ there (Shih et al. §3.3)."""
-        return self.config.tolerance * self.noise_schedule.sigma(taus)
+        """Per point of `taus`: the change below which it is final, `tolerance` × σ there (Shih et al. §3.3), σ
+        floored at `SIGMA_FLOOR`."""
+        return self.config.tolerance * np.maximum(self.noise_schedule.sigma(taus), SIGMA_FLOOR)
 
 
 @SAMPLERS.register("paradigms")
