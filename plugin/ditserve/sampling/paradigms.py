@@ -9,11 +9,11 @@ evaluate the model at all of them in ONE batched call, rebuild every point from 
 the updates, and repeat. Points whose change falls below `tolerance` times the noise scale σ at that point
 (floored at `SIGMA_FLOOR`) are final (the paper's criterion: an error small against the noise still to be
 removed there does not show in the sample); the window slides past them (at least one step per round: the
-first point is exact after one round) and new points start as copies of the last. Each round is one sequential model call, so with
-enough parallel hardware the latency is the rounds, not the steps; the stats' `model_evaluations` counts the rounds and
-`timestep_evaluations` the total work. On a CPU that runs the batch no faster than its members, the
-wall time grows instead: a GPU (or idle cores) is what turns fewer rounds into speed. `window: 1` is the
-sequential sampler itself.
+first point is exact after one round) and new points start as copies of the last. Each round is one
+sequential model call, so with enough parallel hardware the latency is the rounds, not the steps; the stats'
+`model_evaluations` counts the rounds and `timestep_evaluations` the total work. On a CPU that runs the batch
+no faster than its members, the wall time grows instead: a GPU (or idle cores) is what turns fewer rounds into
+speed. `window: 1` is the sequential sampler itself.
 """
 
 from __future__ import annotations
