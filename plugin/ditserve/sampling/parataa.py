@@ -17,7 +17,8 @@ residuals of the window's points up to j only (the paper's TAA). So:
   before it is final, so every round finishes at least one step and the solve ends within as many rounds as
   the sequential sampler has steps, whatever the acceleration does; a point with no history yet also takes
   the Picard update, and the fits are ridge-regularized against ill-conditioned differences.
-A point is final once its residual is at most `tolerance` times σ there (ParaDiGMS's criterion).
+A point is final once its residual is at most `tolerance` times σ there, σ floored at 0.2 (ParaDiGMS's criterion,
+`paradigms.SIGMA_FLOOR`).
 """
 
 from __future__ import annotations
