@@ -1,6 +1,6 @@
 """Write benchmarks/results/quantization.md: every quantizer on the embedded digits model, speed and fidelity.
 
-python benchmarks/quantization.py [--per-class 10] [--timing-images 10] [--repeats 3]
+python benchmarks/quantization.py [--per-class 10] [--timing-images 10] [--repeats 3] [--schemes ...] [--name NAME]
 
 Per scheme, in one run against the unquantized model (same sampler, steps, guidance and seeds):
 - weight bytes of the transformer (parameters + buffers) against the fp32 model and against bf16
@@ -11,7 +11,8 @@ Per scheme, in one run against the unquantized model (same sampler, steps, guida
 - CPU wall-clock ratio of one fixed request against the unquantized model run right after it (median of
   `--repeats`), > 1 is slower.
 On a CPU the W8A8/W4A4/fp8/attention schemes run their kernels' torch references (fidelity real,
-speed not: no int8/int4/fp8 GEMM and no sparse attention kernel exists on this CPU path).
+speed not: no int8/int4/fp8 GEMM and no sparse attention kernel exists on this CPU path). A run of some
+schemes only (`--schemes`) writes results/NAME.md (`--name`), so a partial run leaves the full table alone.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ SCHEMES = {
     "mixdq-w4.5a8": {"name": "mixdq", "weight_bits": 4.5, "activation_bits": 8.0},
     "mixdq-w4.5a6": {"name": "mixdq", "weight_bits": 4.5, "activation_bits": 6.0},
     "mixdq-w4a4": {"name": "mixdq", "weight_bits": 4.0, "activation_bits": 4.0},
+    "vq4dit-3bit": {"name": "vq4dit", "bits": 3.0},
+    "vq4dit-3bit-nearest": {"name": "vq4dit", "bits": 3.0, "assignment": "nearest"},
+    "vq4dit-4bit": {"name": "vq4dit", "bits": 4.0},
+    "tfm-ptq-nv-e2m1": {"name": "tfm-ptq", "format": "e2m1", "convention": "nv"},
+    "tfm-ptq-nv-fp4": {"name": "tfm-ptq", "format": "fp4", "convention": "nv"},
     "sage": {"name": "sage"},
     "sage-tile-fp8": {"name": "sage", "scales": "tile", "pv": "fp8"},
     "sparse-0.5": {"name": "sparse", "sparsity": 0.5, "block": 16},
@@ -89,6 +95,7 @@ def main() -> None:
     parser.add_argument("--timing-images", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--schemes", nargs="*", default=list(SCHEMES))
+    parser.add_argument("--name", default="quantization", help="results/NAME.md and .json")
     args = parser.parse_args()
     torch.manual_seed(0)
     request = GenerationRequest(class_label=7, num_images=args.timing_images, seed=123)
@@ -146,7 +153,8 @@ def goals(rows: list[dict], fp32_bytes: int) -> list[str]:
 
 
 def fidelity_goals(rows: list[dict]) -> list[str]:
-    """Issue 20's fidelity goals: a ≤ 4.5-bit scheme at ≥ 30 dB; an fp4 format ≥ int4 RTN + 3 dB at equal bits."""
+    """Issue 20's fidelity goals: a ≤ 4.5-bit scheme at ≥ 30 dB; an fp4 format ≥ int4 RTN + 3 dB at equal bits;
+    VQ4DiT at ≤ 3 bits ≥ 28 dB; time-feature maintenance over the same scheme without it."""
     lines = []
     low = [r for r in rows if r["bits_per_weight"] <= 4.51 and r["scheme"] != "none"]  # NV: + one fp32 per layer
     best = max(low, key=lambda r: r["psnr_db"], default=None)
@@ -156,6 +164,21 @@ def fidelity_goals(rows: list[dict]) -> list[str]:
         + (f"{best['scheme']} {best['bits_per_weight']:.2f} bits, {best['psnr_db']:.1f} dB" if best else "none")
     )
     by_name = {r["scheme"]: r for r in rows}
+    vq = [r for r in rows if r["config"]["name"] == "vq4dit" and r["bits_per_weight"] <= 3.0]
+    best_vq = max(vq, key=lambda r: r["psnr_db"], default=None)
+    if best_vq is not None:
+        lines.append(
+            f"- {'PASS' if best_vq['psnr_db'] >= 28 else 'MISS'} — VQ4DiT at ≤ 3 bits ≥ 28 dB: {best_vq['scheme']} "
+            f"{best_vq['bits_per_weight']:.2f} bits, {best_vq['psnr_db']:.1f} dB"
+        )
+    for with_tfm, without in (("tfm-ptq-nv-e2m1", "lbq-nv-e2m1"), ("tfm-ptq-nv-fp4", "lbq-nv-fp4")):
+        if with_tfm in by_name and without in by_name:
+            a, b = by_name[with_tfm], by_name[without]
+            lines.append(
+                f"- {'PASS' if a['psnr_db'] > b['psnr_db'] else 'MISS'} — {with_tfm} over {without} at equal bits: "
+                f"{a['psnr_db']:.1f} vs {b['psnr_db']:.1f} dB ({a['psnr_db'] - b['psnr_db']:+.1f} dB) at "
+                f"{a['bits_per_weight']:.2f} / {b['bits_per_weight']:.2f} bits"
+            )
     if "int4-rtn-g32" in by_name:
         rtn = by_name["int4-rtn-g32"]
         for name in ("lbq-nv-fp4", "lbq-nv-e2m1"):
@@ -181,7 +204,8 @@ def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
         "the mean). CPU wall: one "
         f"request of {args.timing_images} images ({report.steps} steps), median over {args.repeats} runs of the "
         "ratio to the unquantized model run right after it (> 1 is slower; see below). Load: seconds to load and "
-        "quantize (calibration included). Produced by `python benchmarks/quantization.py`.",
+        "quantize (calibration included). Produced by `python benchmarks/quantization.py"
+        + (f" --name {args.name} --schemes {' '.join(args.schemes)}`." if args.name != "quantization" else "`."),
         "",
         "| scheme | config | weight MB | block bits/weight | × smaller than fp32 | × smaller than bf16 | PSNR dB "
         "| SSIM | accuracy | Fréchet | CPU wall ratio | load s |",
@@ -207,8 +231,8 @@ def write(rows: list[dict], fp32_bytes: int, report, args) -> None:
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantization.md").write_text("\n".join(lines))
-    (RESULTS / "quantization.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

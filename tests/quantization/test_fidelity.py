@@ -4,7 +4,8 @@ misses (quantization/floors.py explains the floors).
 Each quantizer with a floor loads with its default settings (calibrating at load where it needs to) on
 digits-dit and digits-flow, and runs one fixed request of four images of different classes or prompts at 20
 steps; the mean PSNR against the unquantized images of the same seeds must reach the floor. fp4 with one scale
-per tensor, rounded to nearest, must fail the same check: that is what makes it a check.
+per tensor, rounded to nearest, must fail the same check at the 4-bit schemes' floors, and VQ4DiT with each
+sub-vector at its nearest codeword (no calibrated assignment) at VQ4DiT's: that is what makes it a check.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ditserve.request import GenerationRequest
 
 MODELS = ("digits-dit", "digits-flow")
 STEPS = 20
+FOUR_BIT = ("lbq", "mixdq", "tfm-ptq")
+"""The schemes of 4 to 4.5 bits per weight, whose floors naive fp4 (4 bits) must miss."""
 CLASSES = (0, 3, 7, 9)
 PROMPTS = ("zero", "a handwritten three", "7", "the number nine")
 
@@ -101,6 +104,13 @@ def naive_fp4():
 
 
 def test_naive_fp4_fails_the_check(naive_fp4, references):
-    floor = min(FIDELITY_FLOORS_DB.values())  # even the loosest floor
+    floor = min(FIDELITY_FLOORS_DB[name] for name in FOUR_BIT)  # even the loosest floor of the 4-bit-wide schemes
     problems = fidelity_problems(references, {"name": naive_fp4}, floor)
+    assert len(problems) == len(MODELS), problems
+
+
+def test_nearest_codeword_vq_fails_the_vq4dit_floor(references):
+    """VQ4DiT's stand-in: each sub-vector at its nearest k-means codeword, at the same 3 bits."""
+    stand_in = {"name": "vq4dit", "assignment": "nearest"}
+    problems = fidelity_problems(references, stand_in, FIDELITY_FLOORS_DB["vq4dit"])
     assert len(problems) == len(MODELS), problems
