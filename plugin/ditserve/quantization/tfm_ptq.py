@@ -19,6 +19,9 @@ formats, block scales, GPTQ rounding, bits):
    mean at every timestep (the bias is stored in fp16 either way: no extra bytes).
 Every other layer is quantized exactly as `lbq` does, so `lbq` with the same fields is this scheme without
 time-feature maintenance. A model whose blocks have no time-feature linear is refused at load.
+Measured against it (4 images, 20 steps): digits-dit E2M1 33.4 vs 32.6 dB; digits-flow fp4 40.2 vs 40.5 dB (the
+bias correction alone: +0.05 dB there). Mixing the sampling runs' H into the finite set's cost 0.3 dB on
+digits-dit and changed nothing on digits-flow.
 """
 
 from __future__ import annotations
