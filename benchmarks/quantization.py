@@ -141,6 +141,8 @@ def goals(rows: list[dict], fp32_bytes: int) -> list[str]:
     reference = rows[0]["accuracy"]
     lines = []
     for quantizer, against, factor, wanted, points in GOALS:
+        if not any(r["config"]["name"] == quantizer for r in rows):
+            continue  # not in this (partial) run
         within = [r for r in rows if r["config"]["name"] == quantizer and r["accuracy"] >= reference - points]
         best = max(within, key=lambda r: fp32_bytes * factor / r["bytes"], default=None)
         ratio = fp32_bytes * factor / best["bytes"] if best else 0.0
