@@ -117,8 +117,9 @@ class Trajectory:
         self._loop.baton.acquire()
         try:
             with torch.inference_mode():  # grad mode is per thread
+                denoise, on_step = inputs.loop(self._denoise, self._step_done)  # an edit answers its skipped steps
                 self.latents = job.sampler.sample(
-                    self._denoise, inputs.noise, job.steps, inputs.generators, self._step_done, inputs.schedule
+                    denoise, inputs.noise, job.steps, inputs.generators, on_step, inputs.schedule
                 )
         except BaseException as err:  # answered by the step loop; nothing may escape a worker thread
             self.error = err
@@ -204,7 +205,7 @@ class StepLoop:
         """The images of a request that finished, with what its calls cost."""
         stats, engine = trajectory.stats, self.engine
         decode_started = time.perf_counter()
-        images = engine.to_images(trajectory.latents)
+        images = engine.to_images(trajectory.latents, trajectory.inputs.edit)
         stats.seconds["decode"] = time.perf_counter() - decode_started
         stats.block_evaluations_full = stats.model_evaluations * engine.blocks_per_call
         stats.attention_evaluations_full = stats.model_evaluations * engine.attention_layers_per_call

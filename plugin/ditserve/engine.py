@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import threading
@@ -24,6 +25,7 @@ import torch
 from ditserve.compile import Compiler
 from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.counters import AttentionCounter, BlockCounter
+from ditserve.editing import Edit, EditInputs, edit_inputs, image_size
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
@@ -87,13 +89,16 @@ class Job:
     """One per image: image k of a request uses the request's seed + k."""
     cache: StrategyConfig | None = None
     """The request's cache override (None: the plan's cache)."""
+    edit: EditInputs | None = field(default=None, hash=False, compare=False)
+    """The init image, mask and strength of an edit (None: text-to-image)."""
 
     @property
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one batched sampling loop."""
         cache = None if self.cache is None else self.cache.model_dump_json()  # configs may hold lists
         sampler = self.sampler.config.model_dump_json()  # sampler configs may hold lists and dicts too
-        return (self.steps, self.height, self.width, self.guidance, sampler, cache)
+        edit = None if self.edit is None else self.edit.key
+        return (self.steps, self.height, self.width, self.guidance, sampler, cache, edit)
 
 
 @dataclass
@@ -110,8 +115,17 @@ class StartInputs:
     generators: list[torch.Generator]
     """One per image, seeded with its seed: the noise below, then any noise the sampler draws."""
     noise: torch.Tensor
+    """Where the sampler starts: the images' noise (an edit's init image noised with it, `Edit.start`)."""
     schedule: dict
     """The family's per-request timestep settings (`FamilyAdapter.schedule_kwargs`)."""
+    edit: Edit | None = None
+    """The rows' edit (`ditserve.editing`): the steps the model is spared, the blending, what is kept."""
+
+    def loop(self, denoise, on_step):
+        """The sampler's `denoise` and `on_step` for this start: the edit's around the loop's own."""
+        if self.edit is None:
+            return denoise, on_step
+        return self.edit.denoise(denoise), self.edit.on_step(on_step)
 
 
 def load_model(config: ModelConfig, device: torch.device | None = None) -> LoadedModel:
@@ -197,19 +211,50 @@ class Front:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
         if request.num_images > limits.max_batch:
             raise RequestError("num_images", f"must be at most {limits.max_batch} (got {request.num_images})")
-        default_h, default_w = self.adapter.default_size(self.model)
-        height, width = request.height or default_h, request.width or default_w
-        for name, value in (("height", height), ("width", width)):
-            if value > limits.max_side:
-                raise RequestError(name, f"must be at most {limits.max_side} (got {value})")
-        self.adapter.check_size(self.model, height, width)
-        self.parallel.check_size(self.model, height, width)
+        height, width = self._size(request)
         guidance = request.guidance_scale if request.guidance_scale is not None else self.config.model.guidance_scale
         if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
             raise RequestError("seed", "seed + num_images must stay below 2**63")
+        edit = edit_inputs(request, steps, self.adapter.image_channels(self.model), limits.max_side)
+        if edit is not None and sampler.parallel_in_time:
+            raise RequestError(
+                "sampler",
+                f"{sampler.name!r} evaluates several steps in one model call; edits need a sequential sampler",
+            )
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
         seeds = [base_seed + k for k in range(request.num_images)]
-        return Job(subject, steps, height, width, guidance, sampler, seeds, cache)
+        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit)
+
+    def _size(self, request: GenerationRequest) -> tuple[int, int]:
+        """The request's (height, width): as asked, else the init image's, else the model's default."""
+        limits, image = self.config.limits, image_size(request)
+        if image is not None:
+            asked = (request.height or image[0], request.width or image[1])
+            if asked != image:
+                raise RequestError(
+                    "init_image",
+                    f"is {image[1]}x{image[0]} pixels but the request asks for {asked[1]}x{asked[0]}; send an image "
+                    "of that size, or leave height and width out to edit at the image's size",
+                )
+        default_h, default_w = image or self.adapter.default_size(self.model)
+        height, width = request.height or default_h, request.width or default_w
+        if image is not None and max(image) > limits.max_side:
+            raise RequestError(
+                "init_image", f"is {width}x{height} pixels; this model makes images of at most {limits.max_side} a side"
+            )
+        for name, value in (("height", height), ("width", width)):
+            if value > limits.max_side:
+                raise RequestError(name, f"must be at most {limits.max_side} (got {value})")
+        try:
+            self.adapter.check_size(self.model, height, width)
+            self.parallel.check_size(self.model, height, width)
+        except RequestError as err:
+            if image is None:
+                raise
+            raise RequestError(
+                "init_image", f"is {width}x{height} pixels, a size this model cannot make: {err}"
+            ) from None
+        return height, width
 
     def _override(self, section: str, spec: dict) -> StrategyConfig:
         """A request's `sampler` or `cache` override, checked against `limits.overrides`.
@@ -314,6 +359,13 @@ class Engine(Front):
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.1fs", config.model.name, config.model.family, self.load_seconds)
 
+    @functools.cached_property
+    def noise_schedule(self):
+        """α(t) and σ(t) of the model's training schedule at any timestep (edits noise their init image with it)."""
+        from ditserve.sampling.ode import NoiseSchedule
+
+        return NoiseSchedule(self.model.scheduler_config)
+
     @classmethod
     def from_config(cls, path: str | Path) -> Engine:
         """An engine for a model config file or `builtin:<name>`."""
@@ -373,11 +425,18 @@ class Engine(Front):
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
         schedule = adapter.schedule_kwargs(model, shape, first.steps)
-        return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule)
+        edit = None
+        if first.edit is not None:
+            edit = Edit(self, [job.edit for job in jobs for _ in job.seeds], noise)
+            noise = edit.start(first.sampler, first.steps, generators, schedule)
+        return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule, edit)
 
-    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
-        """Sampler latents → images in [0, 1] on the CPU."""
-        return ((self.adapter.decode(self.model, latents) + 1) / 2).clamp(0, 1).cpu()
+    def to_images(self, latents: torch.Tensor, edit: Edit | None = None) -> torch.Tensor:
+        """Sampler latents → images in [0, 1] on the CPU (an edit's kept region from its init image)."""
+        if edit is not None:
+            latents = edit.latents(latents)
+        images = ((self.adapter.decode(self.model, latents) + 1) / 2).clamp(0, 1)
+        return (images if edit is None else edit.images(images)).cpu()
 
     def _run(self, jobs: list[Job], on_progress, cancel, deadline) -> tuple[torch.Tensor, GenerationStats]:
         first = jobs[0]
@@ -410,10 +469,11 @@ class Engine(Front):
 
         self._check_cancel(0, cancel, deadline)
         denoise_started = time.perf_counter()
+        denoise, on_step = start.loop(denoise, on_step)
         latents = first.sampler.sample(denoise, noise, first.steps, generators, on_step, start.schedule)
         stats.seconds["denoise"] = time.perf_counter() - denoise_started
         decode_started = time.perf_counter()
-        images = self.to_images(latents)
+        images = self.to_images(latents, start.edit)
         stats.seconds["decode"] = time.perf_counter() - decode_started
         stats.block_evaluations = self.block_counter.count - blocks_before
         stats.block_evaluations_full = stats.model_evaluations * self.blocks_per_call

@@ -42,6 +42,16 @@ class GenerationRequest(BaseModel):
     """Per-request sampler override, `{name: ..., fields}`, when the model config allows overrides."""
     cache: dict[str, Any] | None = None
     """Per-request cache override, `{name: ..., fields}`, when the model config allows it (`limits.overrides`)."""
+    init_image: bytes | None = None
+    """Edits: the PNG to start from (image-to-image, SDEdit); its size is the output's (default height and
+    width, and they must match it when given). Without a mask the whole image is redrawn at `strength`."""
+    mask: bytes | None = None
+    """Edits: a PNG of the init image's size; where it is transparent (or, without transparency, light: grey
+    ≥ 128) the image is generated (inpainting), elsewhere the init image is kept exactly. Needs `init_image`."""
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    """Edits: how much of the denoising runs, from noise level `strength` of the schedule (1: from pure noise,
+    the init image only shows through a mask's kept region). Default: 0.8 without a mask, 1.0 with one
+    (diffusers' img2img and inpaint defaults)."""
 
 
 @dataclass

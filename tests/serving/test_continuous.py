@@ -134,3 +134,57 @@ def test_a_sampler_that_cannot_mix_is_named(digits_engine):
     job = digits_engine.validate(req(1, steps=8, sampler={"name": "paradigms"}))
     assert "paradigms" in mixing_problem(digits_engine, job)
     assert mixing_problem(digits_engine, digits_engine.validate(req(1, sampler={"name": "ddpm"}))) is None
+
+
+def edit_fields() -> dict:
+    """An edit's init image (a bright bar) and a mask of its right half, as PNG bytes."""
+    from ditserve.serving import png
+
+    three = torch.zeros(1, 16, 16)
+    three[:, 3:13, 5:11] = 1.0
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, 8:] = 1.0
+    return {"init_image": png.encode(three), "mask": png.encode(mask)}
+
+
+def test_edits_join_a_running_batch_at_their_later_timestep_and_obey_cancel_and_deadline(digits_engine):
+    """An img2img request starts at step int(steps × (1 − strength)) of its own schedule: its skipped steps take no
+    model call and it joins the running calls there, per sample like a request with other steps; an inpainting
+    request joins at once. Each gets its image alone; cancelling or timing out an edit stops it alone."""
+    fields = edit_fields()
+    img2img = req(2, class_label=8, steps=12, init_image=fields["init_image"], strength=0.5)
+    inpaint = req(3, class_label=8, steps=8, **fields)
+    with running(digits_engine) as scheduler:
+        first, first_steps = submit_watched(scheduler, req(1, steps=30))
+        wait_until(lambda: len(first_steps) >= 3)
+        edits = [scheduler.submit(img2img), scheduler.submit(inpaint)]
+        cancelled, cancelled_steps = submit_watched(scheduler, req(4, class_label=2, steps=30, **fields))
+        wait_until(lambda: len(cancelled_steps) >= 4)
+        scheduler.cancel(cancelled)
+        late = scheduler.submit(req(5, class_label=2, steps=30, **fields), timeout_s=0.05)
+        results = [ticket.result(60) for ticket in (first, *edits)]
+        with pytest.raises(Cancelled):
+            cancelled.result(60)
+        with pytest.raises(Cancelled, match="deadline"):
+            late.result(60)
+    assert min(r.stats.batch_size for r in results) >= 3, "the edits did not share the running calls"
+    assert results[1].stats.model_evaluations == 6 and results[1].stats.steps == 12
+    assert results[2].stats.model_evaluations == 8
+    for request, result in zip((img2img, inpaint), results[1:], strict=True):
+        assert distance_from_alone(digits_engine, request, result.images) <= CLOSE
+
+
+def test_static_batches_group_edits_by_strength_and_mask(digits_engine):
+    fields = edit_fields()
+    requests = [
+        req(1, steps=6, **fields),
+        req(2, steps=6, class_label=5, **fields),  # same kind: one batch with the first
+        req(3, steps=6, init_image=fields["init_image"], strength=0.5),  # img2img: a batch of its own
+        req(4, steps=6),  # text-to-image: another
+    ]
+    with running(digits_engine, batching="static", batch_wait_ms=200) as scheduler:
+        tickets = [scheduler.submit(request) for request in requests]
+        results = [ticket.result(60) for ticket in tickets]
+    assert [r.stats.batch_size for r in results] == [2, 2, 1, 1]
+    for request, result in zip(requests, results, strict=True):
+        assert distance_from_alone(digits_engine, request, result.images) <= CLOSE

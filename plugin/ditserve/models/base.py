@@ -91,6 +91,21 @@ class FamilyAdapter(ABC):
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         """Samples → images in [-1, 1], (N, C, H, W) float32."""
 
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], (N, C, H, W) → samples: the inverse of `decode` (an edit's init image). Pixel-space
+        models take the images as they are; families with a VAE override this (the mean of its latent
+        distribution, not a draw from it, so an edit is a function of its seed)."""
+        if model.components.get("vae") is not None:
+            raise NotImplementedError(f"{type(self).__name__} decodes with a VAE and has no `encode` for it")
+        return images.to(model.dtype)
+
+    def image_channels(self, model: LoadedModel) -> int:
+        """Channels of the images the model makes (what `decode` returns and `encode` takes)."""
+        vae = model.components.get("vae")
+        if vae is not None:
+            return vae.config.in_channels
+        return self.latent_shape(model, *self.default_size(model))[0]
+
     def schedule_kwargs(
         self, model: LoadedModel, latent_shape: tuple[int, ...], steps: int | None = None
     ) -> dict[str, Any]:
@@ -197,6 +212,11 @@ def load_component(cls: type, path: Path, subfolder: str, dtype: torch.dtype, de
     else:
         module = cls.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype).to(device)
     return module.eval().requires_grad_(False)
+
+
+def vae_mean(vae: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The mean of a diffusers VAE's latent distribution for images in [-1, 1] (unscaled)."""
+    return vae.encode(images.to(vae.dtype)).latent_dist.mode()
 
 
 def read_json(path: Path) -> dict:

@@ -14,7 +14,15 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel
 from torch import nn
 
 from ditserve.errors import RequestError
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, load_component, read_json
+from ditserve.models.base import (
+    BlockGroup,
+    Conditioning,
+    FamilyAdapter,
+    LoadedModel,
+    load_component,
+    read_json,
+    vae_mean,
+)
 
 
 class DiTAdapter(FamilyAdapter):
@@ -90,6 +98,12 @@ class DiTAdapter(FamilyAdapter):
         timestep = t.to(x.device).reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.to(x.device)
         out = model.transformer(x.to(model.dtype), timestep=timestep, return_dict=False, **kwargs)[0]
         return out[:, : x.shape[1]]  # checkpoints trained with learned sigma also output a variance
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        vae = model.components.get("vae")
+        if vae is None:
+            return images.to(model.dtype)
+        return vae_mean(vae, images) * vae.config.scaling_factor
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         vae = model.components.get("vae")

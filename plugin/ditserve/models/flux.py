@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument, vae_mean
 from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
@@ -134,6 +134,10 @@ class FluxAdapter(FamilyAdapter):
             return_dict=False,
         )[0]
         return unpack(out, height, width)
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        return (vae_mean(vae, images) - vae.config.shift_factor) * vae.config.scaling_factor
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         vae = model.components["vae"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, vae_mean
 from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
 
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
@@ -90,6 +90,10 @@ class PixArtAdapter(FamilyAdapter):
         if config.out_channels // 2 == config.in_channels:  # learned variance: keep the noise half
             out = out.chunk(2, dim=1)[0]
         return out
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        return vae_mean(vae, images) * vae.config.scaling_factor
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         vae = model.components["vae"]

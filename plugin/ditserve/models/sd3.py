@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, vae_mean
 from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
@@ -94,6 +94,12 @@ class SD3Adapter(FamilyAdapter):
             pooled_projections=kwargs["pooled_projections"],
             return_dict=False,
         )[0]
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        if vae is None:
+            return images.to(model.dtype)
+        return (vae_mean(vae, images) - vae.config.shift_factor) * vae.config.scaling_factor
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         vae = model.components["vae"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ditserve.errors import PlanError
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument
+from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument, vae_mean
 from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
@@ -94,10 +94,21 @@ class WanAdapter(FamilyAdapter):
             return_dict=False,
         )[0]
 
-    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    def _normalisation(self, model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and 1 / std, shaped to broadcast over (N, C, F, H, W)."""
         vae = model.components["vae"]
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(x.device, vae.dtype)
         inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(x.device, vae.dtype)
+        return mean, inverse_std
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        """An image as a one-frame video's latents, normalised as the pipeline's (the inverse of `decode`)."""
+        mean, inverse_std = self._normalisation(model, images)
+        return (vae_mean(model.components["vae"], images[:, :, None]) - mean) * inverse_std
+
+    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        mean, inverse_std = self._normalisation(model, x)
         video = vae.decode(x.to(vae.dtype) / inverse_std + mean, return_dict=False)[0]
         return video[:, :, 0].float()
