@@ -5,7 +5,11 @@
 
     python -m ditserve.client --url http://127.0.0.1:3000 generate --prompt seven --seed 0 -o seven.png
     python -m ditserve.client --grpc 127.0.0.1:50051 generate --prompt seven -o seven.png
+    python -m ditserve.client --url http://127.0.0.1:3000 generate --prompt eight --init-image seven.png \
+        --mask top-half.png -o eight.png                      # an edit: inpaint where the mask is light
     python -m ditserve.client --url http://127.0.0.1:3000 models
+
+Edits: `init_image` and `mask` may be PNG bytes, a path to a PNG file, or a Pillow image (`png_bytes`).
 
 Both clients return the same dict: `{"model", "images": [{"seed", "mime_type", "channels", "height",
 "width", "data": bytes}], "stats": {...}}`; errors raise `ServerError` with the status and message.
@@ -24,6 +28,32 @@ import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
+
+IMAGE_FIELDS = ("init_image", "mask")
+
+
+def png_bytes(image: Any) -> bytes:
+    """An edit's image as PNG bytes: bytes as they are, a path read, a Pillow image saved as PNG."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if isinstance(image, str | os.PathLike):
+        return Path(image).read_bytes()
+    if hasattr(image, "save"):  # a Pillow image
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise TypeError(f"an edit image must be PNG bytes, a path or a Pillow image, not {type(image).__name__}")
+
+
+def with_images(fields: dict, encode) -> dict:
+    """`fields` with its edit images as PNG bytes passed through `encode` (base64 text for REST)."""
+    return {k: encode(png_bytes(v)) if k in IMAGE_FIELDS and v is not None else v for k, v in fields.items()}
+
+
+def base64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class ServerError(RuntimeError):
@@ -123,11 +153,12 @@ class RestClient:
         return {**body, "images": images}
 
     def generate(self, **fields: Any) -> dict:
-        return self._decode(self._json("POST", "/generate", fields)[1])
+        """`POST /generate`; an edit's `init_image` and `mask` as PNG bytes, paths or Pillow images."""
+        return self._decode(self._json("POST", "/generate", with_images(fields, base64_text))[1])
 
     def stream(self, **fields: Any):
         """Yield `("progress", {...})` events, then `("result", {...})`."""
-        response = self._send("POST", "/generate/stream", fields)
+        response = self._send("POST", "/generate/stream", with_images(fields, base64_text))
         try:
             event = None
             for raw in response:
@@ -144,7 +175,7 @@ class RestClient:
                 self._local.connection.close()
 
     def submit(self, **fields: Any) -> str:
-        return self._json("POST", "/tasks", fields)[1]["id"]
+        return self._json("POST", "/tasks", with_images(fields, base64_text))[1]["id"]
 
     def task(self, task_id: str) -> dict:
         return self._json("GET", f"/tasks/{task_id}")[1]
@@ -186,7 +217,7 @@ class GrpcClient:
 
         from ditserve.v1 import diffusion_pb2 as pb
 
-        fields = dict(fields)
+        fields = with_images(fields, bytes)
         fmt = fields.pop("format", "png")
         strategies = {section: fields.pop(section, None) for section in ("sampler", "cache")}
         fields.pop("timeout_s", None)
@@ -265,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--class-label", type=int)
     for name, kind in (("--steps", int), ("--seed", int), ("--num-images", int), ("--guidance-scale", float)):
         gen.add_argument(name, type=kind)
+    gen.add_argument("--init-image", help="edit: the PNG to start from")
+    gen.add_argument("--mask", help="edit: a PNG of the image's size, light (or transparent) where it is redrawn")
+    gen.add_argument("--strength", type=float, help="edit: share of the steps run (default 0.8, with a mask 1)")
     gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
     sub.add_parser("models")
     args = parser.parse_args(argv)
@@ -275,7 +309,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         fields = {
             k: v
-            for k in ("prompt", "class_label", "steps", "seed", "num_images", "guidance_scale")
+            for k in (
+                "prompt",
+                "class_label",
+                "steps",
+                "seed",
+                "num_images",
+                "guidance_scale",
+                "init_image",
+                "mask",
+                "strength",
+            )  # fmt: skip
             if (v := getattr(args, k)) is not None
         }
         result = client.generate(**fields)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from ditserve.errors import Cancelled
 from ditserve.serving.auth import key_from
 from ditserve.serving.body_limit import BodyTooLarge
-from ditserve.serving.parsing import from_json
+from ditserve.serving.parsing import from_form, from_json
 from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
 from ditserve.serving.schemas import GenerateBody, encode_image, failure, result_json
@@ -57,6 +57,31 @@ async def read_body(request: Request, schema=GenerateBody):
             415, f"send the body as JSON with `Content-Type: application/json` (got {shown})", "invalid", "content-type"
         )
     return from_json(await request.body(), schema)
+
+
+MAX_FORM_PARTS = 32
+"""Most parts a multipart form may have (the OpenAI edit route takes at most 12 fields, 2 of them files)."""
+
+
+async def read_form(request: Request, schema):
+    """The request's multipart/form-data body (415 otherwise), checked against `schema` as a JSON body is."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        shown = repr(content_type) if content_type else "none"
+        raise HttpError(
+            415, f"send the body as `Content-Type: multipart/form-data` (got {shown})", "invalid", "content-type"
+        )
+    try:
+        form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
+    except BodyTooLarge:
+        raise
+    except Exception as err:  # a malformed multipart body, or too many parts
+        raise HttpError(400, f"is not a readable multipart form ({err})", "invalid", "body") from None
+    try:
+        items = [(name, value if isinstance(value, str) else await value.read()) for name, value in form.multi_items()]
+    finally:
+        await form.close()
+    return from_form(items, schema)
 
 
 def authorize(runtime: Runtime, request: Request) -> None:
@@ -238,7 +263,7 @@ def build_app(runtime: Runtime) -> Starlette:
     async def playground(request: Request) -> Response:
         return HTMLResponse(PLAYGROUND.read_text())
 
-    from ditserve.serving.openai import images_generations, list_models
+    from ditserve.serving.openai import images_edits, images_generations, list_models
 
     routes = [
         Route("/generate", counted(generate), methods=["POST"]),
@@ -251,6 +276,7 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/models/{name}", guarded(model), methods=["GET"]),
         Route("/strategies", guarded(strategies), methods=["GET"]),
         Route("/v1/images/generations", counted(images_generations(runtime, wait_for, read_body)), methods=["POST"]),
+        Route("/v1/images/edits", counted(images_edits(runtime, wait_for, read_form)), methods=["POST"]),
         Route("/v1/models", guarded(list_models(runtime)), methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/playground", playground, methods=["GET"]),

@@ -8,8 +8,13 @@ error inside the model: these checks run before anything is queued.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import re
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -72,7 +77,63 @@ def validate(data: dict, schema: type[BaseModel] = GenerateBody) -> Any:
 
 def from_json(raw: bytes, schema: type[BaseModel] = GenerateBody) -> Any:
     """A REST body, checked: what `POST /generate`, `/tasks` and the OpenAI route read."""
-    return validate(parse_json(raw), schema)
+    return validate(decode_images(parse_json(raw)), schema)
+
+
+IMAGE_FIELDS = ("init_image", "mask")
+"""Fields that carry an edit's PNG: base64 text in JSON, bytes in protobuf and forms."""
+DATA_URL = re.compile(r"^data:image/png;base64,", re.IGNORECASE)
+
+
+def decode_images(data: dict) -> dict:
+    """`data` with its base64 image fields as bytes (a `data:image/png;base64,` prefix is allowed)."""
+    for name in IMAGE_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise RequestError(name, f"must be a base64 string of PNG bytes, not {type(value).__name__}")
+        try:
+            data[name] = base64.b64decode(DATA_URL.sub("", value, count=1), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise RequestError(name, f"is not valid base64 ({err})") from None
+    return data
+
+
+def from_form(items: list[tuple[str, str | bytes]], schema: type[BaseModel]) -> Any:
+    """A multipart form (OpenAI's image edits) as (name, text or file bytes) pairs, checked like a JSON body:
+    each field once, files only where the schema takes bytes, numbers written as numbers (`n=2`, not `n=two`)."""
+    data: dict[str, Any] = {}
+    for name, value in items:
+        if name in data:
+            raise RequestError(name, "appears twice in the form; send each field once")
+        data[name] = value
+    for name, value in data.items():
+        field = schema.model_fields.get(name)
+        if field is None:  # the schema refuses it by name
+            continue
+        kinds = _kinds(field.annotation)
+        if bytes in kinds and not isinstance(value, bytes):
+            raise RequestError(name, "must be sent as a file (a form part with a filename)")
+        if bytes not in kinds and isinstance(value, bytes):
+            raise RequestError(name, "must be a text field, not a file")
+        if isinstance(value, str) and int in kinds:
+            if not re.fullmatch(r"-?\d{1,19}", value):
+                raise RequestError(name, f"must be an integer (got {value[:40]!r})")
+            data[name] = int(value)
+        elif isinstance(value, str) and float in kinds:
+            try:
+                data[name] = float(value)
+            except ValueError:
+                raise RequestError(name, f"must be a number (got {value[:40]!r})") from None
+    return validate(data, schema)
+
+
+def _kinds(annotation) -> set[type]:
+    """The plain types an annotation allows (`int | None` → {int, NoneType})."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return {kind for arg in typing.get_args(annotation) for kind in _kinds(arg)}
+    return {annotation} if isinstance(annotation, type) else set()
 
 
 def from_proto(message) -> GenerateBody:
@@ -85,8 +146,11 @@ def from_proto(message) -> GenerateBody:
     subject = message.WhichOneof("subject")
     if subject is not None:
         fields[subject] = getattr(message, subject)
-    for name in ("steps", "guidance_scale", "seed", "height", "width"):
+    for name in ("steps", "guidance_scale", "seed", "height", "width", "strength"):
         if message.HasField(name):
+            fields[name] = getattr(message, name)
+    for name in IMAGE_FIELDS:  # bytes; empty: none
+        if getattr(message, name):
             fields[name] = getattr(message, name)
     formats = {pb.IMAGE_FORMAT_UNSPECIFIED: "png", pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_RAW_F32: "raw"}
     if message.format not in formats:

@@ -43,6 +43,12 @@ class GenerateBody(BaseModel):
     """Override of the plan's sampler, `{"name": ..., fields}`, where the model config allows it."""
     cache: dict[str, Any] | None = None
     """Override of the plan's cache, `{"name": ..., fields}`, where the model config allows it."""
+    init_image: bytes | None = None
+    """Edits: the PNG to start from (REST: base64 in the JSON; gRPC: bytes). See `GenerationRequest`."""
+    mask: bytes | None = None
+    """Edits: a PNG of the init image's size; transparent (or light) where the image is generated."""
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    """Edits: the share of the steps the model runs (default 0.8, with a mask 1.0)."""
     format: Literal["json", "png", "raw"] = "json"
     """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
     preview_every: int = Field(0, ge=0, le=100_000)
