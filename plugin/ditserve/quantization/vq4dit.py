@@ -105,8 +105,14 @@ def kmeans(vectors: torch.Tensor, weights: torch.Tensor, entries: int, iteration
 
 
 def weighted_distances(vectors: torch.Tensor, weights: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(n, entries): Σ_i weights_i (v_i − c_i)² of every vector to every codeword."""
-    return (weights[:, None, :] * (vectors[:, None, :] - codebook[None, :, :]) ** 2).sum(dim=-1)
+    """(n, entries): Σ_i weights_i (v_i − c_i)² of every vector to every codeword, expanded into
+    Σ w v² − 2 (w v)·c + w·c² so that the (n, entries, dim) difference tensor is never built: two matrix
+    products instead, which is what makes k-means over every layer's sub-vectors cheap at load."""
+    return (
+        (weights * vectors**2).sum(dim=1, keepdim=True)
+        - 2 * (weights * vectors) @ codebook.T
+        + weights @ (codebook**2).T
+    )
 
 
 def output_error(weight: torch.Tensor, hessian: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
