@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ditserve.errors import Cancelled
+from ditserve.errors import Cancelled, RequestError
 from ditserve.serving.auth import key_from
 from ditserve.serving.body_limit import BodyTooLarge
 from ditserve.serving.parsing import from_form, from_json
@@ -104,6 +104,45 @@ async def wait_for(runtime: Runtime, request: Request, ticket):
     finally:
         if not ticket.future.done():
             runtime.scheduler.cancel(ticket)
+
+
+def body_bound(name: str, kind: str) -> float | None:
+    """The `ge`/`gt`/`le` bound `GenerateBody` puts on a field, read from the schema so the two cannot drift."""
+    return next((getattr(m, kind) for m in GenerateBody.model_fields[name].metadata if hasattr(m, kind)), None)
+
+
+def request_bounds(runtime: Runtime) -> dict:
+    """What a request may ask of this model, for a form to bound its controls (the playground): the body's bounds,
+    the model's limits, defaults and size rule. The server checks every request against them again."""
+    engine, config = runtime.engine, runtime.config
+    limits, model = config.limits, engine.model
+    default = list(engine.adapter.default_size(model))
+    multiple = engine.adapter.size_multiple(model)
+    square = True
+    if engine.adapter.resizable and 2 * multiple <= limits.max_side:
+        try:  # DiT unpatchifies a square token grid: the adapter states that rule only as a check, so ask it
+            engine.adapter.check_size(model, multiple, 2 * multiple)
+            square = False
+        except RequestError:
+            pass
+    return {
+        "steps": {"min": 1, "max": limits.max_steps, "default": config.plan.sampler.steps},
+        "num_images": {"min": 1, "max": limits.max_batch, "default": 1},
+        "guidance_scale": {
+            "min": body_bound("guidance_scale", "ge"),
+            "max": body_bound("guidance_scale", "le"),
+            "default": config.model.guidance_scale,
+        },
+        "strength": {"above": body_bound("strength", "gt"), "max": body_bound("strength", "le")},
+        "size": {
+            "default": default,
+            "multiple": multiple,
+            "max_side": limits.max_side,
+            "resizable": engine.adapter.resizable,
+            "square": square,
+        },
+        "prompt_chars": limits.max_prompt_chars,
+    }
 
 
 def build_app(runtime: Runtime) -> Starlette:
@@ -234,8 +273,12 @@ def build_app(runtime: Runtime) -> Starlette:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(task.ticket.future)), 30)
         return JSONResponse(task_json(task))
 
+    def describe() -> dict:
+        """The model as `runtime.describe` has it, with its request bounds once the engine is loaded."""
+        return runtime.describe() | ({"bounds": request_bounds(runtime)} if runtime.engine else {})
+
     async def models(request: Request) -> Response:
-        return JSONResponse({"models": [runtime.describe()]})
+        return JSONResponse({"models": [describe()]})
 
     async def model(request: Request) -> Response:
         if request.path_params["name"] != runtime.name:
@@ -245,7 +288,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 "not_found",
                 "name",
             )
-        return JSONResponse(runtime.describe())
+        return JSONResponse(describe())
 
     async def strategies(request: Request) -> Response:
         return JSONResponse({"strategies": runtime.strategies()})
