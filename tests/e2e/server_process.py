@@ -82,19 +82,22 @@ def start_server(
     api_key: str | None = API_KEY,
     warmup_rounds: int = 1,
     plan: str = PLAN,
+    model: str | None = None,
     env: dict[str, str] | None = None,
     **limits,
 ) -> Server:
     """Start `ditserve serve` and wait (bounded) until /readyz is 200, recording what probes saw meanwhile.
 
-    `plan` is the model config's plan in YAML flow style; `env` adds server settings (serving/settings.py);
+    `plan` is the model config's plan in YAML flow style, `model` its model section (default: a tiny random DiT
+    saved under `tmp`); `env` adds server settings (serving/settings.py);
     `limits` change the defaults below."""
     import grpc
     import httpx
     from ditserve_testing import save_tiny_dit
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    model = save_tiny_dit(tmp / "tiny")
+    if model is None:
+        model = f"{{name: tiny, path: {save_tiny_dit(tmp / 'tiny')}, family: dit, guidance_scale: 4.0, threads: 1}}"
     config = tmp / "model.yaml"
     lim = {
         "max_steps": 1000,
@@ -108,10 +111,7 @@ def start_server(
         "overrides": {"sampler": ["ddim", "ddpm"], "cache": ["none", "fora"]},
     }
     lim.update(limits)
-    config.write_text(
-        f"model: {{name: tiny, path: {model}, family: dit, guidance_scale: 4.0, threads: 1}}\n"
-        f"plan: {plan}\nlimits: {lim}\n".replace("'", "")
-    )
+    config.write_text(f"model: {model}\nplan: {plan}\nlimits: {lim}\n".replace("'", ""))
     port, grpc_port = free_port(), free_port()
     settings = env or {}
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="True", **settings)
