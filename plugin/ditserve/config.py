@@ -42,7 +42,7 @@ class ModelSpec(_Section):
     path: str = Field(min_length=1)
     """`builtin:<name>` for an embedded model, or a local diffusers directory (`from_pretrained`
     layout). Relative paths are resolved against the YAML file's folder. Nothing is downloaded."""
-    family: Literal["dit", "pixart", "sd3", "flux", "wan"] = "dit"
+    family: Literal["dit", "pixart", "sd3", "flux", "wan", "unet"] = "dit"
     """Model family; selects the adapter that knows the pipeline's components and blocks."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Weight and activation dtype. CPUs want float32."""

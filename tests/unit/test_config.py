@@ -61,7 +61,7 @@ def test_unknown_section_field_lists_the_allowed_fields():
 
 
 def test_enum_field_names_the_allowed_values():
-    text = problems({"model": {"name": "m", "path": "p", "family": "unet"}})
+    text = problems({"model": {"name": "m", "path": "p", "family": "sdxl"}})
     assert "model.family" in text and "'dit'" in text and "'flux'" in text and "'unet'" in text
 
 

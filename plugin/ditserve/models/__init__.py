@@ -17,17 +17,20 @@ FAMILIES: dict[str, str] = {
     "sd3": "ditserve.models.sd3:SD3Adapter",
     "flux": "ditserve.models.flux:FluxAdapter",
     "wan": "ditserve.models.wan:WanAdapter",
+    "unet": "ditserve.models.unet:UNetAdapter",
 }
 """Family name → adapter class, as `module:Class`."""
 
 BUILTIN_MODELS: dict[str, Path] = {
     "digits-dit": Path(__file__).parent / "digits" / "digits-dit",
     "digits-flow": Path(__file__).parent / "digits" / "digits-flow",
+    "digits-unet": Path(__file__).parent / "digits" / "digits-unet",
 }
 """Embedded models addressable as `builtin:<name>`: checkpoint directories shipped in the package."""
 BUILTIN_TRAINERS: dict[str, str] = {
     "digits-dit": "ditserve.models.digits.train",
     "digits-flow": "ditserve.models.digits.train_flow",
+    "digits-unet": "ditserve.models.digits.train_unet",
 }
 """The module that (re)trains each embedded model's weights."""
 

@@ -72,22 +72,7 @@ class DiTAdapter(FamilyAdapter):
         return model.transformer.config.in_channels, height // factor, width // factor
 
     def class_id(self, model: LoadedModel, prompt: str | int) -> int:
-        """A class id from an id or a label name (any of the comma-separated synonyms, any case)."""
-        num_classes = model.transformer.config.num_embeds_ada_norm
-        if isinstance(prompt, int):
-            if not 0 <= prompt < num_classes:
-                raise RequestError("class_label", f"must be in [0, {num_classes - 1}] (got {prompt})")
-            return prompt
-        wanted = prompt.strip().lower()
-        for class_id, names in model.id2label.items():
-            if wanted in (name.strip().lower() for name in names.split(",")):
-                return class_id
-        examples = ", ".join(repr(names.split(",")[0].strip()) for _, names in sorted(model.id2label.items())[:10])
-        raise RequestError(
-            "prompt",
-            f"{prompt!r} names no class of this class-conditional model; use a class name such as {examples}, "
-            "or give class_label",
-        )
+        return class_id(model, prompt, model.transformer.config.num_embeds_ada_norm)
 
     def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
         labels = torch.tensor([self.class_id(model, p) for p in prompts], device=model.device)
@@ -110,3 +95,22 @@ class DiTAdapter(FamilyAdapter):
         if vae is None:
             return x.float()
         return vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+
+
+def class_id(model: LoadedModel, prompt: str | int, num_classes: int) -> int:
+    """A class id in [0, `num_classes`) from an id or a label name of `model.id2label` (any of the comma-separated
+    synonyms, any case): how every class-conditional family reads a request's prompt."""
+    if isinstance(prompt, int):
+        if not 0 <= prompt < num_classes:
+            raise RequestError("class_label", f"must be in [0, {num_classes - 1}] (got {prompt})")
+        return prompt
+    wanted = prompt.strip().lower()
+    for found, names in model.id2label.items():
+        if wanted in (name.strip().lower() for name in names.split(",")):
+            return found
+    examples = ", ".join(repr(names.split(",")[0].strip()) for _, names in sorted(model.id2label.items())[:10])
+    raise RequestError(
+        "prompt",
+        f"{prompt!r} names no class of this class-conditional model; use a class name such as {examples}, "
+        "or give class_label",
+    )

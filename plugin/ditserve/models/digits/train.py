@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
+from torch import nn
 
 from ditserve.models.digits.data import CLASS_NAMES, IMAGE_SIDE, load_split
 from ditserve.models.digits.training import fit, parse_args, repeatable
@@ -51,7 +53,7 @@ def build_transformer() -> DiTTransformer2DModel:
 
 
 @torch.no_grad()
-def held_out_loss(model: DiTTransformer2DModel, scheduler: DDPMScheduler, images, labels, seed: int) -> float:
+def held_out_loss(model: nn.Module, scheduler: DDPMScheduler, images, labels, seed: int) -> float:
     """Denoising loss on the held-out split at fixed noise and timesteps (for the log, never for training)."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=gen)
@@ -62,10 +64,14 @@ def held_out_loss(model: DiTTransformer2DModel, scheduler: DDPMScheduler, images
     return F.mse_loss(pred, noise).item()
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(
+    args: argparse.Namespace, build: Callable[[], nn.Module] = build_transformer, subfolder: str = "transformer"
+) -> dict:
+    """Train the model `build` makes (default: the DiT) with the epsilon loss and per-sample label dropout, and
+    save its EMA in `subfolder` of `args.out`. digits-unet (train_unet.py) trains through here too."""
     repeatable(args)
     split = load_split()
-    model = build_transformer()
+    model = build()
     ema = copy.deepcopy(model).requires_grad_(False)
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
 
@@ -82,14 +88,15 @@ def train(args: argparse.Namespace) -> dict:
         return held_out_loss(ema, scheduler, split.held_out_images, split.held_out_labels, args.seed)
 
     record = fit(args, model, ema, batch_loss, held_out, split.train_images.shape[0], "label")
-    save(ema, scheduler, Path(args.out), record)
+    save(ema, scheduler, Path(args.out), record, subfolder)
     return record
 
 
-def save(model: DiTTransformer2DModel, scheduler: DDPMScheduler, out: Path, record: dict) -> None:
-    """Write the checkpoint in diffusers' layout plus the label names and the training record."""
+def save(model: nn.Module, scheduler: DDPMScheduler, out: Path, record: dict, subfolder: str = "transformer") -> None:
+    """Write the checkpoint in diffusers' layout (the model in `subfolder`) plus the label names and the training
+    record."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out / "transformer", safe_serialization=True)
+    model.save_pretrained(out / subfolder, safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
     id2label = {str(i): f"{name}, {i}" for i, name in enumerate(CLASS_NAMES)}
     (out / "labels.json").write_text(json.dumps({"id2label": id2label, "null_class": NULL_CLASS}, indent=1) + "\n")
