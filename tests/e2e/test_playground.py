@@ -310,3 +310,14 @@ def test_a_text_model_takes_a_free_prompt_and_the_sizes_it_allows(text_server, b
     finally:
         rest.close()
     assert images == [base64.b64encode(i["data"]).decode() for i in same["images"]]
+
+
+def test_a_full_queue_shows_the_429_and_what_to_do(rest, page):
+    ids = [rest.submit(class_label=2, seed=s, steps=1000) for s in range(3)]  # the queue holds 3
+    try:
+        generate(page)
+        error = field(page, "error").text
+    finally:
+        for task in ids:  # answered once the work stopped: the next test finds the queue empty
+            rest.cancel(task)
+    assert error.startswith("429 queue_full: ") and error.endswith("The server's queue is full; try again in a moment.")
