@@ -184,6 +184,35 @@ def test_a_grpc_deadline_stops_the_work_within_one_step_and_leaves_no_trace(serv
     assert grpc_client.generate(class_label=6, seed=41, format="raw")["images"][0]["data"] == fresh
 
 
+def test_a_rest_client_that_disconnects_has_its_request_cancelled(server, rest):
+    """A REST client that gives up (here: its read timeout) closes the connection; the server must notice and stop
+    the work, not compute 1000 steps for nobody. Without the cancel the counter runs to 1000 steps or never
+    settles."""
+    fresh = rest.generate(class_label=5, seed=51, format="raw")["images"][0]["data"]
+    blocks_per_step = 2  # the tiny DiT's 2 blocks; cond and uncond run as one call
+    before = _settled_blocks(server)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/generate", json={"class_label": 5, "seed": 52, "steps": 1000}, headers=headers,
+                   timeout=httpx.Timeout(30.0, read=1.0))  # fmt: skip
+    stopped = _settled_blocks(server)
+    assert before < stopped < before + 1000 * blocks_per_step, (before, stopped)
+    assert rest.generate(class_label=5, seed=51, format="raw")["images"][0]["data"] == fresh
+
+
+def test_a_stream_closed_by_its_client_has_its_request_cancelled(server, rest):
+    """The same for `/generate/stream`: the client reads a few progress events, then closes the stream."""
+    blocks_per_step = 2
+    before = _settled_blocks(server)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"class_label": 5, "seed": 53, "steps": 1000}
+    with httpx.stream("POST", f"{server.url}/generate/stream", json=body, headers=headers, timeout=30.0) as response:
+        lines = response.iter_lines()
+        assert sum(line.startswith("event: progress") for line, _ in zip(lines, range(40))) >= 5
+    stopped = _settled_blocks(server)
+    assert before < stopped < before + 1000 * blocks_per_step, (before, stopped)
+
+
 def test_streams_report_every_step_with_previews_then_the_result(rest, grpc_client):
     events = list(rest.stream(class_label=7, seed=3, steps=6, preview_every=3))
     steps = [e["step"] for kind, e in events if kind == "progress"]
