@@ -68,6 +68,7 @@ train: setup  ## retrain the embedded models (about an hour on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier
 	$(BIN)/python -m ditserve.models.digits.train
 	$(BIN)/python -m ditserve.models.digits.train_flow
+	$(BIN)/python -m ditserve.models.digits.train_unet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -46,7 +46,7 @@ def resolve_model_path(path: str) -> Path:
         if name not in BUILTIN_MODELS:
             raise PlanError(f"unknown built-in model {name!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
         resolved = BUILTIN_MODELS[name]
-        if not (resolved / "transformer").is_dir():
+        if not any((resolved / model).is_dir() for model in ("transformer", "unet")):  # unet: the unet family
             raise PlanError(
                 f"built-in model {name!r} has no weights at {resolved}; "
                 f"train them with `python -m {BUILTIN_TRAINERS[name]}`"
