@@ -18,6 +18,10 @@ The sampler threads are kept and reused (`SamplerThreads`): a thread started for
 `Engine.generate_batch` of a 10-step request, alternated, on the 2-core CPU), which made a lone request 1.13×
 the unbatched server's time.
 
+Requests with different LoRA adapters (`ditserve.lora`) run side by side, but never in one call: at each
+boundary the loop makes one call per adapter among the running requests, switching the active adapter before
+each (a flag and a scale per layer, no weights move).
+
 Only requests whose strategies declare `mixes_in_batch` run here (`mixing_problem`): a sampler whose runs
 share state on its instance, or a cache that decides for a whole model call, would see other requests'
 steps. The scheduler runs those in static batches of their own plan.
@@ -189,17 +193,28 @@ class StepLoop:
             self.running.append(trajectory)
         return trajectory
 
-    def step(self) -> tuple[int, int, int]:
-        """Let every running request reach the boundary, answer those that left, run one model call for the
-        rest; returns the call's images, padding rows and blocks computed (zeros when no call ran)."""
+    def step(self) -> tuple[int, int, int, int]:
+        """Let every running request reach the boundary, answer those that left, run the model for the rest: one
+        call per LoRA adapter among them (requests with different adapters never share a call), in the order
+        their first requests came. Returns the calls' images, padding rows, blocks computed and the number of
+        calls that ran (a failed call ran none). Once no request runs, every adapter is switched off again."""
         self._settle()
         for trajectory in [t for t in self.running if t.done]:
             with self.board:
                 self.running.remove(trajectory)
             self._finish(trajectory)
         if not self.running:
-            return 0, 0, 0
-        return self._call(self.running)
+            self.engine.loras.activate(None)
+            return 0, 0, 0, 0
+        groups: dict[tuple[str, float] | None, list[Trajectory]] = {}
+        for trajectory in self.running:
+            groups.setdefault(trajectory.job.lora, []).append(trajectory)
+        totals = [0, 0, 0, 0]
+        for group in groups.values():
+            images, padding, blocks = self._call(group)
+            for k, value in enumerate((images, padding, blocks, int(images > 0))):
+                totals[k] += value
+        return totals[0], totals[1], totals[2], totals[3]
 
     def result(self, trajectory: Trajectory) -> GenerationResult:
         """The images of a request that finished, with what its calls cost."""
@@ -273,6 +288,7 @@ class StepLoop:
             for values in inputs.values():
                 values.append(values[0][:1].expand(padding, *values[0].shape[1:]))
         kwargs = {key: torch.cat(values) for key, values in inputs.items()}
+        self.engine.loras.activate(group[0].job.lora)
         out = self.engine.adapter.predict(self.engine.model, torch.cat(xs), torch.cat(ts), kwargs)
         outputs = []
         for trajectory, output in zip(group, out[: sum(rows)].split(rows), strict=True):

@@ -27,6 +27,7 @@ from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
 from ditserve.counters import AttentionCounter, BlockCounter
 from ditserve.editing import Edit, EditInputs, edit_inputs, image_size
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
+from ditserve.lora import LoraAdapters, discover
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
 from ditserve.models.fullsize import FULLSIZE_PREFIX
@@ -91,6 +92,8 @@ class Job:
     """The request's cache override (None: the plan's cache)."""
     edit: EditInputs | None = field(default=None, hash=False, compare=False)
     """The init image, mask and strength of an edit (None: text-to-image)."""
+    lora: tuple[str, float] | None = None
+    """The LoRA adapter and its scale (None: the base model); part of the batch key, so adapters never mix."""
 
     @property
     def batch_key(self) -> tuple:
@@ -98,7 +101,7 @@ class Job:
         cache = None if self.cache is None else self.cache.model_dump_json()  # configs may hold lists
         sampler = self.sampler.config.model_dump_json()  # sampler configs may hold lists and dicts too
         edit = None if self.edit is None else self.edit.key
-        return (self.steps, self.height, self.width, self.guidance, sampler, cache, edit)
+        return (self.steps, self.height, self.width, self.guidance, sampler, cache, edit, self.lora)
 
 
 @dataclass
@@ -167,6 +170,32 @@ class Front:
         problem = cache_beside_sampler(plan.cache.name, self.sampler)
         if problem is not None:
             raise PlanError(f"plan: {problem}")
+        self.lora_files = discover(model.path)
+        """The model directory's LoRA adapters, name → weight file (`ditserve.lora`)."""
+        self.lora_problem = self._lora_problem()
+        """Why this plan serves no adapter, or None."""
+
+    def _lora_problem(self) -> str | None:
+        """Why LoRA requests cannot run under this plan (the adapters are then not loaded), or None."""
+        plan = self.config.plan
+        if not self.lora_files:
+            return f"model {self.config.model.name!r} has no LoRA adapters (loras/<name>/ in its directory)"
+        if self.parallel.world_size != 1:
+            return (
+                f"plan.parallel {plan.parallel.name!r} runs the model on several ranks, which load the base weights "
+                "only: serve LoRA adapters with plan.parallel none"
+            )
+        if plan.quant.name != "none":
+            return (
+                f"plan.quant {plan.quant.name!r} replaces the linear layers the adapters attach to: serve LoRA "
+                "adapters with plan.quant none"
+            )
+        if plan.compile != "none":
+            return (
+                f"plan.compile {plan.compile!r} would compile the adapter switches into its graphs and recompile on "
+                "every change: serve LoRA adapters with plan.compile none"
+            )
+        return None
 
     def _make_sampler(self, sampler_config) -> Sampler:
         return SAMPLERS.get(sampler_config.name)(sampler_config, self.model.scheduler_config)
@@ -221,9 +250,23 @@ class Front:
                 "sampler",
                 f"{sampler.name!r} evaluates several steps in one model call; edits need a sequential sampler",
             )
+        lora = self._lora(request)
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
         seeds = [base_seed + k for k in range(request.num_images)]
-        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit)
+        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit, lora)
+
+    def _lora(self, request: GenerationRequest) -> tuple[str, float] | None:
+        """The request's (adapter, scale), checked against the adapters this plan serves."""
+        if request.lora is None:
+            if request.lora_scale is not None:
+                raise RequestError("lora_scale", "scales an adapter: name one in `lora`, or leave lora_scale out")
+            return None
+        if self.lora_problem is not None:
+            raise RequestError("lora", self.lora_problem)
+        if request.lora not in self.lora_files:
+            known = ", ".join(self.lora_files)
+            raise RequestError("lora", f"unknown adapter {request.lora!r}; this model has: {known}")
+        return request.lora, 1.0 if request.lora_scale is None else request.lora_scale
 
     def _size(self, request: GenerationRequest) -> tuple[int, int]:
         """The request's (height, width): as asked, else the init image's, else the model's default."""
@@ -322,6 +365,7 @@ class Front:
             "device": str(self.model.device),
             "plan": self.config.plan.model_dump(mode="json"),
             "limits": self.config.limits.model_dump(mode="json"),
+            "loras": [] if self.lora_problem is not None else list(self.lora_files),
         }
 
 
@@ -342,6 +386,8 @@ class Engine(Front):
                 f"plan.parallel {config.plan.parallel.name!r} runs on {self.parallel.world_size} ranks: serve it "
                 "through the multi-process executor (`ditserve.parallel.executor.open_executor`), not an Engine"
             )
+        files = self.lora_files if self.lora_problem is None else {}
+        self.loras = LoraAdapters(self.model.transformer, files)  # before any hook: PEFT swaps the linear layers
         self.compiler = Compiler(config.plan, self.model)  # compiled regions, below every hook installed next
         self.block_counter = self.compiler.block_counter() or BlockCounter(self.model)
         self.attention_counter = self.compiler.attention_counter() or AttentionCounter(self.model)
@@ -398,10 +444,12 @@ class Engine(Front):
         with self._lock, torch.inference_mode(), self._cache_for(jobs[0].cache) as cache:
             cache.reset()
             self.parallel.reset()
+            self.loras.activate(jobs[0].lora)
             try:
                 images, stats = self._run(jobs, on_progress, cancel, deadline)
             finally:
                 cache.reset()
+                self.loras.activate(None)
         results, start = [], 0
         for job in jobs:
             end = start + len(job.seeds)

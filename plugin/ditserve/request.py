@@ -52,6 +52,11 @@ class GenerationRequest(BaseModel):
     """Edits: how much of the denoising runs, from noise level `strength` of the schedule (1: from pure noise,
     the init image only shows through a mask's kept region). Default: 0.8 without a mask, 1.0 with one
     (diffusers' img2img and inpaint defaults)."""
+    lora: str | None = Field(None, min_length=1, max_length=64)
+    """A LoRA adapter of the model by name (`ditserve.lora`: the model directory's `loras/<name>/`); default: none,
+    the base model. Requests with different adapters never share a model call."""
+    lora_scale: float | None = Field(None, ge=0.0, le=2.0)
+    """How strongly the adapter applies (its low-rank update times this); default 1. Needs `lora`."""
 
 
 @dataclass

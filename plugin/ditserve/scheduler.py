@@ -11,7 +11,10 @@ request starts at once and pays for no batch-mates. Requests whose cache or samp
 other steps (`continuous.mixing_problem`) run statically: when the oldest queued request is such, no request
 joins the running batch past it, and it runs once that batch has drained.
 
-Static batching packs compatible requests (same `Job.batch_key`: steps, size, guidance, sampler) into one
+LoRA adapters (`ditserve.lora`) are grouped like plans: a static batch holds one adapter (it is part of
+`Job.batch_key`), and the step loop makes one call per adapter at each boundary.
+
+Static batching packs compatible requests (same `Job.batch_key`: steps, size, guidance, sampler, adapter) into one
 model call of at most `batch_images` images that runs to its end. It waits for company up to `batch_wait_ms`
 after the last request that joined, up to `batch_wait_max_ms` in all: a fixed window from the first request
 missed the clients that the previous batch had just answered whenever their answers and new requests took
@@ -351,11 +354,11 @@ class Scheduler:
                 if not loop.running:
                     return
                 started = time.perf_counter()
-                images, padding, blocks = loop.step()
+                images, padding, blocks, calls = loop.step()
                 if images:
                     self.hooks.batch_started(images, padding, [now - t.submitted for t in joined])
                     self.hooks.step_done(time.perf_counter() - started)
-                    self.hooks.blocks_done(blocks, self.engine.blocks_per_call)
+                    self.hooks.blocks_done(blocks, calls * self.engine.blocks_per_call)
 
     def _joiners(self, running_images: int, running: Ticket | None) -> list[Ticket]:
         """Queued tickets that join the continuous batch now, oldest first: while they fit in `batch_images`

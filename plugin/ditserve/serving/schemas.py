@@ -49,6 +49,10 @@ class GenerateBody(BaseModel):
     """Edits: a PNG of the init image's size; transparent (or light) where the image is generated."""
     strength: float | None = Field(None, gt=0.0, le=1.0)
     """Edits: the share of the steps the model runs (default 0.8, with a mask 1.0)."""
+    lora: str | None = Field(None, min_length=1, max_length=64)
+    """A LoRA adapter of the model by name (`GET /models` lists them); default: the base model."""
+    lora_scale: float | None = Field(None, ge=0.0, le=2.0)
+    """How strongly the adapter applies; default 1. Needs `lora`."""
     format: Literal["json", "png", "raw"] = "json"
     """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
     preview_every: int = Field(0, ge=0, le=100_000)

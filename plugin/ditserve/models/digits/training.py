@@ -91,13 +91,13 @@ def log_progress(log: list[dict], step: int, args: argparse.Namespace, loss: flo
 
 
 def parse_args(argv: list[str] | None, doc: str, *, steps: int, batch_size: int, warmup: int, ema: float,
-               dropout: str, threads: int, out: str) -> argparse.Namespace:  # fmt: skip
+               dropout: str, threads: int, out: str, lr: float = 1e-3) -> argparse.Namespace:  # fmt: skip
     """The options both scripts take, with the script's defaults (its `doc`'s first line describes it);
     `dropout` names the conditioning-dropout option (label or prompt)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--warmup", type=int, default=warmup)
     parser.add_argument("--ema", type=float, default=ema)
     parser.add_argument(f"--{dropout}-dropout", type=float, default=0.1)
