@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = "builtin:digits-dit"
-REQUEST_OPTIONS = ("prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width")
+REQUEST_OPTIONS = (
+    "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "lora", "lora_scale"
+)  # fmt: skip
 """`generate`'s options that are the request fields of the same name."""
 
 
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--sampler", help="override the plan's sampler by name")
+    gen.add_argument("--lora", help="a LoRA adapter of the model by name (its directory's loras/<name>/)")
+    gen.add_argument("--lora-scale", type=float, help="how strongly the adapter applies, 0-2 (default 1)")
     gen.add_argument("--upscale", type=int, default=1, help="enlarge the PNG by pixel repetition")
     gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--init-image", help="edit: the PNG to start from")
     gen.add_argument("--mask", help="edit: a PNG of the image's size, light (or transparent) where it is redrawn")
     gen.add_argument("--strength", type=float, help="edit: share of the steps run (default 0.8, with a mask 1)")
+    gen.add_argument("--lora", help="a LoRA adapter of the model by name (`models` lists them)")
+    gen.add_argument("--lora-scale", type=float, help="how strongly the adapter applies (default 1)")
     gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
     sub.add_parser("models")
     args = parser.parse_args(argv)
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                 "init_image",
                 "mask",
                 "strength",
+                "lora",
+                "lora_scale",
             )  # fmt: skip
             if (v := getattr(args, k)) is not None
         }

@@ -141,6 +141,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
             labels={int(k): v for k, v in info.get("labels", {}).items()},
             default_size=info.get("default_size", []),
             strategies=strategies,
+            loras=info.get("loras", []),
             limits=mirrored(
                 pb.Limits, limits, overrides=[pb.Overridable(section=k, names=v) for k, v in limits.overrides.items()]
             ),

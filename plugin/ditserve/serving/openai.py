@@ -4,7 +4,8 @@
 Supported: `prompt`, `n`, `size` ("WxH", within the model's limits), `response_format` "b64_json",
 `model` (the served model's name); for edits `image` (a PNG file) and `mask` (a PNG file of the image's size
 whose fully transparent pixels mark where the image is edited; without one, the image's own transparent
-pixels do). `seed`, `steps`, `guidance_scale` (and for edits `strength`) may be added as extra fields.
+pixels do). `seed`, `steps`, `guidance_scale`, `lora`, `lora_scale` (and for edits `strength`) may be added as
+extra fields.
 Unsupported OpenAI fields (`quality`, `style`, "url" responses, several images, ...) are refused with a 400
 that names them.
 """
@@ -39,6 +40,9 @@ class ImagesBody(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=100_000)
     guidance_scale: float | None = Field(None, ge=0, le=100)
+    lora: str | None = Field(None, min_length=1, max_length=64)
+    """A LoRA adapter of the model by name (an extra field, as `/generate` takes it)."""
+    lora_scale: float | None = Field(None, ge=0, le=2)
 
 
 class EditsBody(ImagesBody):
@@ -67,6 +71,8 @@ def to_request(body: ImagesBody) -> GenerationRequest:
         seed=body.seed,
         steps=body.steps,
         guidance_scale=body.guidance_scale,
+        lora=body.lora,
+        lora_scale=body.lora_scale,
         **size_fields(body.size),
     )
 

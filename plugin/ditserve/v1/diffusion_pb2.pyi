@@ -26,7 +26,7 @@ class Strategy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength")
+    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength", "lora", "lora_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class GenerateRequest(_message.Message):
     INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    LORA_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     class_label: int
@@ -59,7 +61,9 @@ class GenerateRequest(_message.Message):
     init_image: bytes
     mask: bytes
     strength: float
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ...) -> None: ...
+    lora: str
+    lora_scale: float
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., lora: _Optional[str] = ..., lora_scale: _Optional[float] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type", "seed", "channels", "height", "width")
@@ -201,7 +205,7 @@ class StrategyInfo(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., about: _Optional[str] = ..., active: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[StrategyField, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "family", "conditioning", "labels", "default_size", "limits", "plan", "strategies")
+    __slots__ = ("name", "family", "conditioning", "labels", "default_size", "limits", "plan", "strategies", "loras")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +221,7 @@ class ModelInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     conditioning: str
@@ -225,4 +230,5 @@ class ModelInfo(_message.Message):
     limits: Limits
     plan: _struct_pb2.Struct
     strategies: _containers.RepeatedCompositeFieldContainer[StrategyInfo]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., conditioning: _Optional[str] = ..., labels: _Optional[_Mapping[int, str]] = ..., default_size: _Optional[_Iterable[int]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ...) -> None: ...
+    loras: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., conditioning: _Optional[str] = ..., labels: _Optional[_Mapping[int, str]] = ..., default_size: _Optional[_Iterable[int]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., loras: _Optional[_Iterable[str]] = ...) -> None: ...
