@@ -63,6 +63,39 @@ def save_tiny_dit(
     return path
 
 
+def tiny_unet():
+    """A random class-conditional `UNet2DModel` shaped like digits-unet at a fraction of its width: three levels
+    (8x8, 4x4, 2x2), attention at the second and in the middle block, 10 classes and the null class 10."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+        num_class_embeds=11,
+    ).eval()
+
+
+def save_tiny_unet(path):
+    """`tiny_unet` as a checkpoint directory the unet family loads (unet/ + scheduler/ + labels.json)."""
+    import json
+
+    from diffusers import DDPMScheduler
+
+    tiny_unet().save_pretrained(path / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(path / "scheduler")
+    (path / "labels.json").write_text(json.dumps({"id2label": {str(i): f"label{i}, {i}" for i in range(10)}}))
+    return path
+
+
 FLOW_SHIFT = 3.0
 
 

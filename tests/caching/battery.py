@@ -4,10 +4,12 @@ A strategy's test module subclasses `CacheBattery` as `TestXxx` and sets `name`,
 that compute every block) and `skipping` (settings that skip some); a cache that reuses attention
 outputs inside blocks that still run (PAB, FasterCache) sets `unit = "attention"`, and its savings are
 checked on the attention-layer count. Every check runs on tiny random
-models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1), and tiny Flux,
-PixArt, SD3 and Wan transformers through their family adapters. On every family a cache runs, or
-refuses at load (`PlanError`) with a sentence saying what to change — never fails in the middle of a
-request; `refuses` lists the families where it refuses, with the words the refusal must contain.
+models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1) — a tiny U-Net
+instead for a cache that runs on U-Nets only (`family = "unet"`) — and tiny Flux, PixArt, SD3, Wan and
+U-Net models through their family adapters. On every family a cache runs, or refuses at load
+(`PlanError`) with a sentence saying what to change — never fails in the middle of a request; `refuses`
+lists the families where it refuses, with the words the refusal must contain (by default the U-Net,
+whose stages no transformer cache understands).
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from .conftest import FAMILIES, FamilyLoop
 STEPS = 8
 
 
-def engine_for(path, cache: dict):
+def engine_for(path, cache: dict, family: str = "dit"):
     from ditserve.config import parse_config
     from ditserve.engine import Engine
 
     plan = {"cache": cache, "sampler": {"name": "ddim", "steps": STEPS}}
-    return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": "dit"}, "plan": plan}))
+    return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": family}, "plan": plan}))
+
+
+ENGINE_FIXTURES = {"dit": ("dit4_dir", "uncached"), "unet": ("unet_dir", "unet_uncached")}
+"""Family run through the real engine → the fixtures of its tiny checkpoint and of its engine with no cache."""
 
 
 def request(
@@ -66,15 +72,23 @@ class CacheBattery:
     """Per-family settings where `skipping` does not fit there (other block counts, other rates of change)."""
     exact_families: ClassVar[dict[str, dict]] = {}
     """Per-family settings where `exact` does not fit there."""
-    refuses: ClassVar[dict[str, str]] = {}
+    refuses: ClassVar[dict[str, str]] = {"unet": "U-Net stages, not transformer blocks"}
     """Family → a regular expression the load-time refusal on that family must match."""
+    family: ClassVar[str] = "dit"
+    """The family of the tiny checkpoint run through the real engine: "dit", or "unet" for a U-Net cache."""
     unit: ClassVar[str] = "block"
     """What the cache saves evaluations of: whole "block"s, or "attention" layers inside blocks."""
 
     @pytest.fixture(scope="class")
     @classmethod
-    def cached(cls, dit4_dir):
-        return engine_for(dit4_dir, {"name": cls.name, **cls.skipping})
+    def checkpoint(cls, request):
+        """The tiny checkpoint of `family` and its engine with no cache."""
+        return tuple(request.getfixturevalue(name) for name in ENGINE_FIXTURES[cls.family])
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def cached(cls, checkpoint):
+        return engine_for(checkpoint[0], {"name": cls.name, **cls.skipping}, cls.family)
 
     def loop(self, family: str, settings: dict | None) -> FamilyLoop:
         loop = FamilyLoop(family)
@@ -111,8 +125,9 @@ class CacheBattery:
 
     # -- fidelity when nothing is skipped ----------------------------------------------------------
 
-    def test_computing_every_block_is_bit_identical_to_no_cache(self, dit4_dir, uncached):
-        engine = engine_for(dit4_dir, {"name": self.name, **self.exact})
+    def test_computing_every_block_is_bit_identical_to_no_cache(self, checkpoint):
+        path, uncached = checkpoint
+        engine = engine_for(path, {"name": self.name, **self.exact}, self.family)
         result = engine.generate(request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
         assert result.stats.attention_evaluations == result.stats.attention_evaluations_full > 0
@@ -168,8 +183,9 @@ class CacheBattery:
             cached.generate(request(label=1, seed=2), on_progress=cancel_at_step_3, cancel=stop)
         assert torch.equal(cached.generate(request(label=5, seed=9)).images, alone.images)
 
-    def test_remove_restores_the_model(self, dit4_dir, uncached):
-        engine = engine_for(dit4_dir, {"name": self.name, **self.skipping})
+    def test_remove_restores_the_model(self, checkpoint):
+        path, uncached = checkpoint
+        engine = engine_for(path, {"name": self.name, **self.skipping}, self.family)
         engine.cache.remove()
         result = engine.generate(request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
@@ -178,8 +194,9 @@ class CacheBattery:
 
 
 def every_cache_settings() -> dict[str, dict]:
-    """Every built-in cache's name → its battery's `skipping` settings as a plan section ("none": none).
-    The battery of cache `a-b` is `TestXxx` in test_ab.py; a built-in cache without one fails here."""
+    """Every built-in cache that runs on the tiny DiT: its name → its battery's `skipping` settings as a plan
+    section ("none": none). The battery of cache `a-b` is `TestXxx` in test_ab.py; a built-in cache without
+    one fails here. (A U-Net cache, `family = "unet"`, is left out: its battery runs it on the tiny U-Net.)"""
     settings = {}
     for name in CACHES.names():
         if not CACHES.get(name).__module__.startswith("ditserve.caching."):
@@ -191,5 +208,7 @@ def every_cache_settings() -> dict[str, dict]:
         found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, CacheBattery)]
         battery = next((v for v in found if getattr(v, "name", None) == name), None)
         assert battery is not None, f"cache {name!r} has no CacheBattery in {module.__name__}"
+        if battery.family != "dit":
+            continue
         settings[name] = {"name": name, **battery.skipping}
     return settings

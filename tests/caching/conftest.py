@@ -1,5 +1,5 @@
-"""Fixtures for the cache battery: a 4-block tiny DiT checkpoint, and tiny random Flux, PixArt, SD3 and
-Wan transformers driven through their family adapters (no pipeline, no text encoder)."""
+"""Fixtures for the cache battery: a 4-block tiny DiT checkpoint and a tiny U-Net checkpoint, and tiny random
+Flux, PixArt, SD3, Wan and U-Net models driven through their family adapters (no pipeline, no text encoder)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 import torch
 from ditserve_testing import (
     save_tiny_dit,
+    save_tiny_unet,
     tiny_flux_transformer,
     tiny_pixart_transformer,
     tiny_sd3_transformer,
+    tiny_unet,
     tiny_wan_transformer,
 )
 
@@ -35,6 +37,20 @@ def uncached(dit4_dir):
     return engine_for(dit4_dir, {"name": "none"})
 
 
+@pytest.fixture(scope="session")
+def unet_dir(tmp_path_factory):
+    """A random class-conditional U-Net checkpoint (pixel space, 8x8, one channel, three levels)."""
+    return save_tiny_unet(tmp_path_factory.mktemp("unet"))
+
+
+@pytest.fixture(scope="session")
+def unet_uncached(unet_dir):
+    """The tiny U-Net's engine with no cache: the reference of bit-identity checks of U-Net caches."""
+    from .battery import engine_for
+
+    return engine_for(unet_dir, {"name": "none"}, family="unet")
+
+
 def tiny_flux():
     torch.manual_seed(0)
     return tiny_flux_transformer(num_layers=2, num_single_layers=3).eval()
@@ -55,7 +71,7 @@ def tiny_wan():
     return tiny_wan_transformer(num_layers=4).eval()
 
 
-FAMILIES = {"flux": tiny_flux, "pixart": tiny_pixart, "sd3": tiny_sd3, "wan": tiny_wan}
+FAMILIES = {"flux": tiny_flux, "pixart": tiny_pixart, "sd3": tiny_sd3, "wan": tiny_wan, "unet": tiny_unet}
 """The families the battery runs besides DiT (which it runs through the real engine)."""
 
 
@@ -100,6 +116,8 @@ class FamilyLoop:
         if self.family == "wan":
             x = torch.randn(batch, 16, 1, 8, 8, generator=g)
             return x, {"encoder_hidden_states": torch.randn(batch, 5, 32, generator=g)}
+        if self.family == "unet":
+            return torch.randn(batch, 1, 8, 8, generator=g), {"class_labels": torch.arange(batch) % 10}
         x = torch.randn(batch, 4, 8, 8, generator=g)
         text = {
             "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),

@@ -24,7 +24,7 @@ class BlockByBlock(Fora):
         return False
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"unet"}))  # U-Net stages have no residuals
 @pytest.mark.parametrize("name", ["fora", "ab-cache"])
 def test_a_skipped_call_adds_each_groups_residual_once_as_the_blocks_would(family, name):
     """Skipping a whole call adds each block group's telescoped residual at its first block; the result must

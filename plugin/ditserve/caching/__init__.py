@@ -5,6 +5,7 @@ BUILTINS: dict[str, str] = {
     "adacache": "ditserve.caching.adacache:AdaCache",
     "block-caching": "ditserve.caching.blockcaching:BlockCaching",
     "dbcache": "ditserve.caching.dbcache:DBCache",
+    "deepcache": "ditserve.caching.deepcache:DeepCache",
     "delta-dit": "ditserve.caching.deltadit:DeltaDiT",
     "fastercache": "ditserve.caching.fastercache:FasterCache",
     "fbcache": "ditserve.caching.fbcache:FBCache",

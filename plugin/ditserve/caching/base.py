@@ -29,6 +29,10 @@ class CacheStrategy(Strategy):
     Config = CacheConfig
     needs_calibration: bool = False
     """True when the strategy needs `ditserve calibrate --cache NAME` before it can load."""
+    families: tuple[str, ...] | None = None
+    """The model families it runs on, where it names them (a U-Net cache: "unet"); None: every family whose adapter
+    lists transformer blocks (every family but "unet"). Others are refused at load with a sentence: by
+    `require_family`, or, for block caches, by the unet adapter's `block_streams`."""
     mixes_in_batch: bool = False
     """True when it decides per sample, so requests at different steps may share one model call (continuous
     batching, `ditserve.continuous`); a cache that decides for the whole call keeps its requests to batches of
@@ -50,6 +54,21 @@ class CacheStrategy(Strategy):
         `settings` are the strategy's fields already in the YAML (e.g. a threshold the calibration fits
         for); files it writes go to `directory`, the YAML's folder."""
         raise PlanError(f"cache {cls.name!r} needs no calibration")
+
+    def require_family(self, model: LoadedModel) -> None:
+        """Fail at load, saying what to pick instead, on a model of a family the cache does not run on (`families`).
+        A cache that needs calibration asks this first, so that it does not send a U-Net to `ditserve calibrate`."""
+        family = model.adapter.family
+        if self.families is None and family == "unet":
+            raise PlanError(
+                f"cache {self.name!r} cannot run on the unet family (its blocks are U-Net stages, not transformer "
+                "blocks): use cache 'deepcache' (or 'none') in plan.cache"
+            )
+        if self.families is not None and family not in self.families:
+            raise PlanError(
+                f"cache {self.name!r} runs on the {' and '.join(self.families)} family only; this model is {family}: "
+                "pick another cache (e.g. fora) in plan.cache"
+            )
 
     def require_calibration(self, field: str) -> None:
         """Fail at load, naming the command that fixes it, when the calibrated `field` is missing."""

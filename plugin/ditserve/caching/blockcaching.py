@@ -110,6 +110,7 @@ class BlockCaching(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.require_family(model)
         self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("curves")
         super().apply(model)

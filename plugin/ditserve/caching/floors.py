@@ -1,9 +1,10 @@
 """Fidelity floors: the mean PSNR each cache's defaults must keep against uncached output in CI.
 
-tests/caching/test_fidelity.py runs every registered cache with its default settings on both embedded
-models (digits-dit, digits-flow), at 50 and at 20 steps, on a fixed request of four images of different
-classes or prompts, and fails a cache whose mean PSNR against the uncached images of the same seeds
-falls below its floor here, or that skips no work. A cache added to the registry needs an entry.
+tests/caching/test_fidelity.py runs every registered cache with its default settings on the embedded
+models it runs on (digits-dit and digits-flow; digits-unet for DeepCache), at 50 and at 20 steps, on a
+fixed request of four images of different classes or prompts, and fails a cache whose mean PSNR against
+the uncached images of the same seeds falls below its floor here, or that skips no work.
+A cache added to the registry needs an entry.
 
 The floors sit in one table rather than on each strategy class so that they read side by side (and
 the check stays out of the strategies' code); they are set from what separates a working cache from a
@@ -27,6 +28,7 @@ FIDELITY_FLOORS_DB: dict[str, float] = {
     "adacache": PROMISED_PSNR_DB,
     "block-caching": PROMISED_PSNR_DB,
     "dbcache": PROMISED_PSNR_DB,
+    "deepcache": PROMISED_PSNR_DB,
     "delta-dit": PROMISED_PSNR_DB,
     "fastercache": PROMISED_PSNR_DB,
     "fbcache": PROMISED_PSNR_DB,

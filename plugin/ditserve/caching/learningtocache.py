@@ -80,6 +80,7 @@ class LearningToCache(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.require_family(model)
         self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("schedule")
         self.progress_grid, self.router = load_router(self.config.schedule)

@@ -46,6 +46,7 @@ class SmoothCache(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.require_family(model)
         self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("errors")
         super().apply(model)

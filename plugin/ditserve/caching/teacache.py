@@ -52,6 +52,7 @@ class TeaCache(BlockCache):
     needs_calibration = True
 
     def apply(self, model) -> None:
+        self.require_family(model)
         self.config = with_shipped_calibration(self.config, model)
         self.require_calibration("coefficients")
         super().apply(model)

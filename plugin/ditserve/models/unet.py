@@ -13,6 +13,7 @@ cache (FORA, TeaCache, FBCache, ...) at load with a sentence, and DeepCache is t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,8 +58,8 @@ class UNetAdapter(FamilyAdapter):
 
     def block_streams(self, block: nn.Module):
         raise PlanError(
-            f"{type(block).__name__} is a U-Net stage, not a transformer block: caches that reuse block residuals "
-            "cannot run on the unet family; use cache 'deepcache' (or 'none') in plan.cache"
+            f"{type(block).__name__} is one of the U-Net stages, not transformer blocks: caches that reuse block "
+            "residuals cannot run on the unet family; use cache 'deepcache' (or 'none') in plan.cache"
         )
 
     def default_size(self, model: LoadedModel) -> tuple[int, int]:
@@ -90,8 +91,42 @@ class UNetAdapter(FamilyAdapter):
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         return x.float()
 
-    def downsampler(self, block: nn.Module) -> nn.Module | None:
-        """The part of a down block that halves the image (None in the last): it feeds only the deeper levels
-        and the next-deeper up block's skip, so DeepCache reuses its output with theirs."""
-        samplers = getattr(block, "downsamplers", None)
-        return samplers[0] if samplers else None
+    def skip_layers(self, transformer: nn.Module) -> tuple[list[list[SkipLayer]], list[list[SkipLayer]]]:
+        """The layers of each down block and each up block (in execution order), numbered by the skip connection
+        they make or take. conv_in's output is skip 0; every ResNet (with its attention) of the down path and
+        every downsampler makes the next; the up path's ResNets (with their attention) take them back in reverse,
+        the deepest first, and an upsampler counts with the ResNet before it. DeepCache cuts the U-Net at one
+        skip: the layers numbered above it are deep."""
+        down, made = [], 0
+        for block in transformer.down_blocks:
+            layers = []
+            for index, resnet in enumerate(block.resnets):
+                made += 1
+                layers += [SkipLayer(module, made) for module in (resnet, *_attention(block, index))]
+            for sampler in block.downsamplers or ():
+                made += 1
+                layers.append(SkipLayer(sampler, made))
+            down.append(layers)
+        up, taken = [], made
+        for block in transformer.up_blocks:
+            layers = []
+            for index, resnet in enumerate(block.resnets):
+                layers += [SkipLayer(module, taken) for module in (resnet, *_attention(block, index))]
+                taken -= 1
+            layers += [SkipLayer(sampler, taken + 1) for sampler in block.upsamplers or ()]
+            up.append(layers)
+        return down, up
+
+
+@dataclass(frozen=True)
+class SkipLayer:
+    """One module of a U-Net block and the skip connection it makes (down path) or takes (up path)."""
+
+    module: nn.Module
+    skip: int
+
+
+def _attention(block: nn.Module, index: int) -> tuple[nn.Module, ...]:
+    """The attention that follows ResNet `index` of a block, if the block has attentions."""
+    attentions = getattr(block, "attentions", None)
+    return (attentions[index],) if attentions else ()
