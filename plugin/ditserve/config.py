@@ -54,6 +54,41 @@ class ModelSpec(_Section):
     """CPU threads for torch (0 = leave torch's default)."""
 
 
+class ResumeLevel(_Section):
+    """One rung of the cross-request cache's ladder: how similar a prompt must be to skip how much."""
+
+    similarity: float = Field(gt=0.0, le=1.0)
+    """The least cosine similarity of the prompt embeddings (class models: 1 for the same class, else 0)."""
+    skip: float = Field(gt=0.0, lt=1.0)
+    """The share of the steps skipped: the request starts from the cached trajectory after this share of its
+    steps (rounded to a step; the cache keeps every run's state at each rung's step)."""
+
+
+class ApproxCache(_Section):
+    """Approximate caching across requests (Nirvana, `ditserve/nirvana.py`): a request whose prompt is close to
+    an earlier request's starts from that request's trajectory part-way and skips the steps before."""
+
+    enabled: bool = False
+    """Off by default: a request then always starts from its own noise."""
+    levels: tuple[ResumeLevel, ...] = Field(
+        default_factory=lambda: (
+            ResumeLevel(similarity=0.999, skip=0.5),
+            ResumeLevel(similarity=0.99, skip=0.4),
+            ResumeLevel(similarity=0.98, skip=0.3),
+            ResumeLevel(similarity=0.95, skip=0.2),
+        ),
+        min_length=1,
+        max_length=8,
+    )
+    """The ladder: the request starts after the largest `skip` whose `similarity` its best match reaches. The
+    defaults are set on digits-flow's pooled text embedding, where prompts for one digit score ≥ 0.978 and for
+    different digits ≤ 0.82 (every pair of its 120 training prompts)."""
+    max_entries: int = Field(256, ge=1, le=100_000)
+    """Finished requests kept, over all API keys; the least recently used goes first."""
+    max_bytes: int = Field(64 * 2**20, ge=2**10, le=2**36)
+    """Bytes of kept latents (the states of every rung, and the model outputs there), over all API keys."""
+
+
 class AccelPlan(_Section):
     """The strategies that run the model: one per registry, each `{name: ..., <its fields>}`."""
 
@@ -67,6 +102,8 @@ class AccelPlan(_Section):
     """Weight/activation quantization and the attention backend."""
     parallel: SerializeAsAny[StrategyConfig] = Field(default_factory=lambda: {"name": "none"})
     """Multi-process runner; `none` runs in this process."""
+    approx_cache: ApproxCache = Field(default_factory=ApproxCache)
+    """Starting requests part-way from earlier similar ones (off by default)."""
     compile: Literal["none", "regional", "full", "graphs"] = "none"
     """`torch.compile` the transformer: `regional` (each block; block-level caches run around the compiled
     blocks), `full` (the whole transformer; with a cache it runs `regional`), `graphs` (`full` with CUDA graphs,

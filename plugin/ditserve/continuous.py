@@ -86,7 +86,9 @@ class Trajectory:
         """Whatever the caller tracks the request by (the scheduler's `Ticket`)."""
         self.started = time.perf_counter()
         self.inputs = engine.start_inputs([job])
-        self.stats = GenerationStats(seconds={"condition": time.perf_counter() - self.started})
+        self.stats = GenerationStats(
+            resumed_from=self.inputs.resumed_from, seconds={"condition": time.perf_counter() - self.started}
+        )
         self.call: tuple[torch.Tensor, torch.Tensor] | None = None
         """The (x, t) this request waits to have evaluated; None while its sampler computes."""
         self.done = False

@@ -143,6 +143,21 @@ class Edit:
             self.mask = pooled.reshape(len(inputs), *([1] * (self.init.dim() - 3)), h, w).to(noise.dtype)
         self.done, self.total = 0, None
 
+    @classmethod
+    def resume(cls, engine, x: torch.Tensor, t: float, output: torch.Tensor, skip: int, total: int) -> Edit:
+        """A start part-way along another run (the cross-request cache, `ditserve.nirvana`): its state `x` after
+        `skip` of its `total` steps, where the model answered `output` at timestep `t`. That answer's clean estimate
+        x̂₀ and noise ε̂ = (x − α_t x̂₀)/σ_t are this edit's init latents and noise, so the skipped steps stay on the
+        line through x and the model takes over at x itself. No image, no mask."""
+        edit = cls.__new__(cls)
+        edit.strength = (total - skip + 0.5) / total  # `skipping` skips total − int(total × strength) = skip steps
+        edit.prediction = engine.noise_schedule.prediction
+        edit.schedule = engine.noise_schedule
+        edit.init, edit.noise = edit.schedule.data(output, x, t), edit.schedule.noise(output, x, t)
+        edit.pixels = edit.pixel_mask = edit.mask = None
+        edit.done, edit.total = 0, None
+        return edit
+
     def start(self, sampler, steps: int, generators, schedule: dict) -> torch.Tensor:
         """What the sampler starts from: the request's noise, or, when steps are skipped, the init image noised
         to the sampler's first timestep T with it (α_T x₀ + σ_T ε), so that the skipped steps, answered with the

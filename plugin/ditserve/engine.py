@@ -31,6 +31,7 @@ from ditserve.lora import LoraAdapters, discover
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
 from ditserve.models.fullsize import FULLSIZE_PREFIX
+from ditserve.nirvana import Nirvana, Recorder, Resume, scope
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
 from ditserve.sampling.base import Sampler
@@ -94,6 +95,8 @@ class Job:
     """The init image, mask and strength of an edit (None: text-to-image)."""
     lora: tuple[str, float] | None = None
     """The LoRA adapter and its scale (None: the base model); part of the batch key, so adapters never mix."""
+    cache_scope: str | None = field(default=None, compare=False)
+    """The request's scope in the cross-request cache (`ditserve.nirvana.scope`); None: it takes no part."""
 
     @property
     def batch_key(self) -> tuple:
@@ -123,9 +126,17 @@ class StartInputs:
     """The family's per-request timestep settings (`FamilyAdapter.schedule_kwargs`)."""
     edit: Edit | None = None
     """The rows' edit (`ditserve.editing`): the steps the model is spared, the blending, what is kept."""
+    reuse: Resume | Recorder | None = None
+    """The cross-request cache's part (`ditserve.nirvana`): a start from kept states, or a run to keep."""
+
+    @property
+    def resumed_from(self) -> int:
+        return 0 if self.reuse is None else self.reuse.resumed_from
 
     def loop(self, denoise, on_step):
-        """The sampler's `denoise` and `on_step` for this start: the edit's around the loop's own."""
+        """The sampler's `denoise` and `on_step` for this start: the edit's and the cache's around the loop's own."""
+        if self.reuse is not None:
+            denoise, on_step = self.reuse.loop(denoise, on_step)
         if self.edit is None:
             return denoise, on_step
         return self.edit.denoise(denoise), self.edit.on_step(on_step)
@@ -170,6 +181,8 @@ class Front:
         problem = cache_beside_sampler(plan.cache.name, self.sampler)
         if problem is not None:
             raise PlanError(f"plan: {problem}")
+        self.nirvana = Nirvana(plan.approx_cache, self.parallel.world_size)
+        """The cross-request cache: kept runs of finished requests (`ditserve.nirvana`)."""
         self.lora_files = discover(model.path)
         """The model directory's LoRA adapters, name → weight file (`ditserve.lora`)."""
         self.lora_problem = self._lora_problem()
@@ -253,7 +266,8 @@ class Front:
         lora = self._lora(request)
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
         seeds = [base_seed + k for k in range(request.num_images)]
-        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit, lora)
+        cache_scope = scope(request, sampler, edit)
+        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit, lora, cache_scope)
 
     def _lora(self, request: GenerationRequest) -> tuple[str, float] | None:
         """The request's (adapter, scale), checked against the adapters this plan serves."""
@@ -473,11 +487,13 @@ class Engine(Front):
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
         schedule = adapter.schedule_kwargs(model, shape, first.steps)
-        edit = None
+        reuse = self.nirvana.start(jobs, conditioning.cond)
+        edit = None if reuse is None else reuse.edit(self)  # a start from a kept run is an edit of it
         if first.edit is not None:
             edit = Edit(self, [job.edit for job in jobs for _ in job.seeds], noise)
+        if edit is not None:
             noise = edit.start(first.sampler, first.steps, generators, schedule)
-        return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule, edit)
+        return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule, edit, reuse)
 
     def to_images(self, latents: torch.Tensor, edit: Edit | None = None) -> torch.Tensor:
         """Sampler latents → images in [0, 1] on the CPU (an edit's kept region from its init image)."""
@@ -494,6 +510,7 @@ class Engine(Front):
         model, adapter, guidance = self.model, self.adapter, first.guidance
         start = self.start_inputs(jobs)
         kwargs, use_cfg, generators, noise = start.kwargs, start.use_cfg, start.generators, start.noise
+        stats.resumed_from = start.resumed_from
         stats.seconds["condition"] = time.perf_counter() - started
         blocks_before = self.block_counter.count
         attention_before = self.attention_counter.count

@@ -57,6 +57,13 @@ class GenerationRequest(BaseModel):
     the base model. Requests with different adapters never share a model call."""
     lora_scale: float | None = Field(None, ge=0.0, le=2.0)
     """How strongly the adapter applies (its low-rank update times this); default 1. Needs `lora`."""
+    approx_cache: bool = True
+    """Whether this request may start part-way from an earlier similar request's run, and leave its own for later
+    ones, where the model's plan enables the cross-request cache (`ditserve.nirvana`); false: from its own noise,
+    as on a server without that cache."""
+    tenant: str | None = Field(None, max_length=128)
+    """The API key's digest, stamped by the serving runtime (transports do not take it from clients): the
+    cross-request cache never lets one key's requests start from another's."""
 
 
 @dataclass
@@ -80,6 +87,9 @@ class GenerationStats:
     """Attention layers actually computed (attention-level caches such as PAB skip these inside blocks that run)."""
     attention_evaluations_full: int = 0
     """Attention layers the same calls would have computed with no caching."""
+    resumed_from: int = 0
+    """The step this request started from, on an earlier similar request's run (the cross-request cache,
+    `ditserve.nirvana`; its images then depend on that run, not only on the seeds); 0: from its own noise."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per phase: condition, denoise, decode, total."""
 

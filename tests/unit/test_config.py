@@ -72,9 +72,9 @@ def test_bounds_are_enforced_and_named():
 
 
 def test_every_field_of_every_section_is_documented():
-    from ditserve.config import AccelPlan, ModelSpec, ServeLimits
+    from ditserve.config import AccelPlan, ApproxCache, ModelSpec, ResumeLevel, ServeLimits
 
-    for section in (ModelSpec, AccelPlan, ServeLimits):
+    for section in (ModelSpec, AccelPlan, ApproxCache, ResumeLevel, ServeLimits):
         for name, field in section.model_fields.items():
             assert field.description, f"{section.__name__}.{name} has no docstring"
 

@@ -7,6 +7,7 @@ checks (not ready) meanwhile; `ready` is set only after a warm-up batch ran thro
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import logging
 import os
@@ -66,6 +67,8 @@ class Runtime:
         """config → the executor that serves it (default `parallel.executor.open_executor`; torchrun's rank 0
         gives its own)."""
         self.api_key = api_key or None
+        self.tenant = hashlib.sha256(self.api_key.encode()).hexdigest()[:32] if self.api_key else None
+        """The key's digest, stamped on every request it admits: its scope in the cross-request cache (nirvana.py)."""
         self.warmup_rounds = warmup_rounds
         self.engine = None
         self.scheduler: Scheduler | None = None
@@ -161,7 +164,7 @@ class Runtime:
             raise NotReady(f"the model {self.name!r} is {why}; retry when /readyz answers 200")
         if not self.alive:
             raise NotReady(f"the engine of {self.name!r} is down (a rank died or hung); restart the service")
-        return self.scheduler.submit(request, **options)
+        return self.scheduler.submit(request.model_copy(update={"tenant": self.tenant}), **options)
 
     def add_task(self, ticket: Ticket, fmt: str) -> Task:
         task = Task(secrets.token_hex(8), ticket, fmt)

@@ -53,6 +53,9 @@ class GenerateBody(BaseModel):
     """A LoRA adapter of the model by name (`GET /models` lists them); default: the base model."""
     lora_scale: float | None = Field(None, ge=0.0, le=2.0)
     """How strongly the adapter applies; default 1. Needs `lora`."""
+    approx_cache: bool = True
+    """Where the model's plan enables the cross-request cache: false starts this request from its own noise and
+    keeps nothing of it (see `GenerationRequest.approx_cache`)."""
     format: Literal["json", "png", "raw"] = "json"
     """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
     preview_every: int = Field(0, ge=0, le=100_000)
@@ -91,6 +94,7 @@ def stats_json(result: GenerationResult) -> dict:
         "model_evaluations": s.model_evaluations,
         "block_evaluations": s.block_evaluations,
         "block_evaluations_full": s.block_evaluations_full,
+        "resumed_from": s.resumed_from,
         "seconds": {k: round(v, 6) for k, v in s.seconds.items()},
     }
 
