@@ -362,6 +362,7 @@ class Front:
             class_label=subject if isinstance(subject, int) else None,
             steps=min(2, self.config.limits.max_steps),
             seed=0,
+            approx_cache=False,  # nothing for clients' requests to start from
         )
         self.generate(request)
         return time.perf_counter() - started

@@ -140,7 +140,8 @@ class Runtime:
         engine = self.engine
         subject = {"class_label": 0} if engine.adapter.conditioning == "class" else {"prompt": "warm-up"}
         for _ in range(self.warmup_rounds):
-            self.scheduler.submit(GenerationRequest(**subject, seed=0), deadline=False).result()
+            warmup = GenerationRequest(**subject, seed=0, approx_cache=False)  # leaves nothing to start from
+            self.scheduler.submit(warmup, deadline=False).result()
 
     # -- requests -----------------------------------------------------------------------------------
 
