@@ -16,11 +16,15 @@ ResNets with their attention, down- and upsamplers; a block all of whose layers 
 block, as one), through a hook on each that returns its kept output on a cached step. Only the last of them,
 the layer before the branch's up layer, is read; the others' outputs go only into deeper layers that are
 skipped too. When it is refreshed: statically, the first `warmup` calls, then every `interval`-th call (the
-paper's uniform 1:N strategy, its N), computes everything. `interval: 1` computes every layer at every step
-(bit-identical to no caching). Decisions are per batch: a call computes the deep layers for every sample of
-the batch, both halves of the [cond; uncond] classifier-free-guidance batch included, or for none. The
-engine counts U-Net stages (3 down blocks, the middle block, 3 up blocks on digits-unet) as its blocks: a
-stage whose layers all reuse their output is not computed.
+paper's uniform 1:N strategy, its N), computes everything. The paper's non-uniform 1:N (full steps denser
+around a center step, spaced by a power) was tried here and left out: with the same number of full steps,
+power 1.4 and centers at 0–90% of the request, it scored 0.3–4 dB under uniform on digits-unet (28 and 50
+steps, N = 4–6). `interval: 1` computes every layer at every step (bit-identical to no caching).
+
+Decisions are per batch: a call computes the deep layers for every sample of the batch, both halves of the
+[cond; uncond] classifier-free-guidance batch included, or for none. The engine counts U-Net stages (3 down
+blocks, the middle block, 3 up blocks on digits-unet) as its blocks: a stage whose layers all reuse their
+output is not computed.
 
 Runs on the unet family only (it needs the adapter's skip connections); other families are refused at load.
 """
