@@ -1,6 +1,6 @@
-"""The cross-request cache over a real server (REST, the step loop of continuous batching): a repeated request
-starts part-way and says so in its stats, an opt-out or another class starts from noise, and a client cannot name
-a cache scope (the runtime stamps it from the API key)."""
+"""The cross-request cache over a real server (REST and gRPC, the step loop of continuous batching): a repeated
+request starts part-way and says so in its stats, an opt-out or another class starts from noise, and a client cannot
+name a cache scope (the runtime stamps it from the API key)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from server_process import API_KEY, start_server, stop_server
 
-from ditserve.client import RestClient, ServerError
+from ditserve.client import GrpcClient, RestClient, ServerError
 
 pytestmark = pytest.mark.e2e
 
@@ -17,14 +17,26 @@ THREE = {"class_label": 3, "seed": 5, "steps": STEPS, "format": "raw"}
 
 
 @pytest.fixture(scope="module")
-def rest(tmp_path_factory):
+def server(tmp_path_factory):
     """A server of its own with the cache enabled (the shared one's plan has it off)."""
     plan = "{sampler: {name: ddim, steps: 20}, approx_cache: {enabled: true}}"
-    server = start_server(tmp_path_factory.mktemp("approx-cache"), plan=plan)
+    current = start_server(tmp_path_factory.mktemp("approx-cache"), plan=plan)
+    yield current
+    stop_server(current)
+
+
+@pytest.fixture(scope="module")
+def rest(server):
     client = RestClient(server.url, API_KEY)
     yield client
     client.close()
-    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = GrpcClient(server.grpc, API_KEY)
+    yield client
+    client.close()
 
 
 def pixels(result: dict) -> np.ndarray:
@@ -48,3 +60,11 @@ def test_a_client_cannot_name_a_scope(rest):
     with pytest.raises(ServerError) as refused:
         rest.generate(**THREE, tenant="someone-else")
     assert "tenant" in str(refused.value)
+
+
+def test_grpc_carries_the_opt_out_and_the_start(grpc_client):
+    five = {**THREE, "class_label": 5}
+    assert grpc_client.generate(**five)["stats"]["resumed_from"] == 0
+    assert grpc_client.generate(**five, approx_cache=False)["stats"]["resumed_from"] == 0
+    again = grpc_client.generate(**five)
+    assert again["stats"]["resumed_from"] == STEPS // 2 and again["stats"]["model_evaluations"] == STEPS // 2

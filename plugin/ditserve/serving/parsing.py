@@ -146,7 +146,17 @@ def from_proto(message) -> GenerateBody:
     subject = message.WhichOneof("subject")
     if subject is not None:
         fields[subject] = getattr(message, subject)
-    for name in ("steps", "guidance_scale", "seed", "height", "width", "strength", "lora", "lora_scale"):
+    for name in (
+        "steps",
+        "guidance_scale",
+        "seed",
+        "height",
+        "width",
+        "strength",
+        "lora",
+        "lora_scale",
+        "approx_cache",
+    ):
         if message.HasField(name):
             fields[name] = getattr(message, name)
     for name in IMAGE_FIELDS:  # bytes; empty: none

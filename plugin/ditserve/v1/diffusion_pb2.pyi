@@ -26,7 +26,7 @@ class Strategy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength", "lora", "lora_scale")
+    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength", "lora", "lora_scale", "approx_cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class GenerateRequest(_message.Message):
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     LORA_SCALE_FIELD_NUMBER: _ClassVar[int]
+    APPROX_CACHE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     class_label: int
@@ -63,7 +64,8 @@ class GenerateRequest(_message.Message):
     strength: float
     lora: str
     lora_scale: float
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., lora: _Optional[str] = ..., lora_scale: _Optional[float] = ...) -> None: ...
+    approx_cache: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., lora: _Optional[str] = ..., lora_scale: _Optional[float] = ..., approx_cache: _Optional[bool] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type", "seed", "channels", "height", "width")
@@ -82,7 +84,7 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., seed: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("steps", "batch_size", "model_evaluations", "block_evaluations", "block_evaluations_full", "seconds")
+    __slots__ = ("steps", "batch_size", "model_evaluations", "block_evaluations", "block_evaluations_full", "seconds", "resumed_from")
     class SecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,13 +98,15 @@ class Stats(_message.Message):
     BLOCK_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_EVALUATIONS_FULL_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     steps: int
     batch_size: int
     model_evaluations: int
     block_evaluations: int
     block_evaluations_full: int
     seconds: _containers.ScalarMap[str, float]
-    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., block_evaluations: _Optional[int] = ..., block_evaluations_full: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    resumed_from: int
+    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., block_evaluations: _Optional[int] = ..., block_evaluations_full: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ..., resumed_from: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "images", "stats")
