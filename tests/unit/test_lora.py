@@ -30,7 +30,7 @@ def test_the_bold_adapter_draws_more_ink_and_the_digits_stay_readable(digits_eng
     plain = torch.cat([r.images for r in digits_engine.generate_batch(batch[:10])])
     bold = torch.cat([r.images for r in digits_engine.generate_batch(batch[10:])])
     labels = torch.arange(10).repeat_interleave(2)
-    assert bold.mean() > 1.2 * plain.mean()  # measured at 20 steps: see the adapter's training.json
+    assert bold.mean() > 1.2 * plain.mean()  # 1.28x over 200 images at 50 steps (the adapter's training.json)
     assert accuracy(load_classifier(), bold * 2 - 1, labels) >= 0.9
 
 
