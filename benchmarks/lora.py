@@ -5,19 +5,20 @@ On the embedded digits DiT with its shipped "bold" adapter (`ditserve.models.dig
 
 1. Switching: `LoraAdapters.activate` to the adapter and back to none (the engine does both around every batch
    whose adapter differs from the last one), median and p90 over `--switches` round trips, in ms.
-2. One transformer call of `--images` images, best and median over `--repeats` rounds that visit every mode in
-   turn (the ratio is of the best: on a machine shared with other jobs the best round is the one least disturbed):
+2. One transformer call of `--images` images, over `--repeats` rounds that each call every mode once, in turn:
    the base model loaded without adapters; with the adapter loaded but off (what every plain request pays
    once a model directory has adapters); with it active (unmerged: the engine's way, so it can switch per
-   batch); and merged into the weights (`fuse_lora`: no per-layer extra work, but one adapter for the whole
-   model until it is unfused).
+   batch); and merged into the weights of a copy (`fuse_lora`: no per-layer extra work, but one adapter for the
+   whole model until it is unfused). Best and median per mode; the ratio is of the best (on a machine shared
+   with other jobs the best round is the least disturbed one), the median's ratio beside it.
 
-    python benchmarks/lora.py [--images 8] [--repeats 15] [--switches 200] [--threads 2]
+    python benchmarks/lora.py [--images 8] [--repeats 60] [--switches 200] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -43,21 +44,19 @@ def switch_ms(engine: Engine, n: int) -> list[float]:
     return times
 
 
-@torch.inference_mode()
-def call_ms(transformer, inputs: dict, calls: int = 5) -> float:
-    """Milliseconds per transformer call (the mean of `calls` back-to-back calls)."""
+def call_ms(transformer, inputs: dict) -> float:
+    """Milliseconds for one transformer call."""
     started = time.perf_counter()
-    for _ in range(calls):
-        transformer(**inputs)
-    return (time.perf_counter() - started) * 1000 / calls
+    transformer(**inputs)
+    return (time.perf_counter() - started) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--switches", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from diffusers import DiTTransformer2DModel
@@ -75,41 +74,44 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     switches = sorted(switch_ms(engine, args.switches))
+    merged = copy.deepcopy(lora)
+    merged.set_adapters("bold", 1.0)
+    merged.fuse_lora(adapter_names=["bold"])
     modes = {
-        "base model, no adapters loaded": lambda: call_ms(base, inputs),
-        "adapter loaded, off": lambda: (engine.loras.activate(None), call_ms(lora, inputs))[1],
-        "adapter active (unmerged)": lambda: (engine.loras.activate(("bold", 1.0)), call_ms(lora, inputs))[1],
+        "base model, no adapters loaded": (base, None),
+        "adapter loaded, off": (lora, None),
+        "adapter active (unmerged)": (lora, ("bold", 1.0)),
+        "adapter merged (fuse_lora)": (merged, None),
     }
-    times: dict[str, list[float]] = {name: [] for name in [*modes, "adapter merged (fuse_lora)"]}
-    for _ in range(args.repeats):
-        for name, measure in modes.items():
-            times[name].append(measure())
-        engine.loras.activate(("bold", 1.0))
-        lora.fuse_lora(adapter_names=["bold"])
-        times["adapter merged (fuse_lora)"].append(call_ms(lora, inputs))
-        lora.unfuse_lora()
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for name, (model, adapter) in modes.items():
+                engine.loras.activate(adapter)
+                times[name].append(call_ms(model, inputs))
     engine.loras.activate(None)
 
-    base_ms = min(times["base model, no adapters loaded"])
+    base_best = min(times["base model, no adapters loaded"])
+    base_median = statistics.median(times["base model, no adapters loaded"])
     lines = [
         "# LoRA serving cost (benchmarks/lora.py)",
         "",
         f'digits-dit with its "bold" adapter (rank 8 on q/k/v/out and the feed-forward layers of 6 blocks), '
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; the machine "
-        "was shared with other jobs, so the spread matters more than the last digit.",
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); the "
+        "machine was shared with other jobs, so the spread matters more than the last digit.",
         "",
         f"Switching the adapter on and off again: median {statistics.median(switches):.2f} ms, "
         f"p90 {switches[int(0.9 * len(switches))]:.2f} ms per round trip ({args.switches} round trips).",
         "",
-        f"One transformer call of {args.images} guided images ({rows} rows) over {args.repeats} rounds, and the "
-        "ratio of the best round to the base model's:",
+        f"One transformer call of {args.images} guided images ({rows} rows), {args.repeats} rounds of one call per "
+        "mode in turn:",
         "",
-        "| mode | best ms per call | median | best / base |",
-        "|---|---|---|---|",
+        "| mode | best ms | median ms | best / base | median / base |",
+        "|---|---|---|---|---|",
     ]
     for name, values in times.items():
         best, median = min(values), statistics.median(values)
-        lines.append(f"| {name} | {best:.2f} | {median:.2f} | {best / base_ms:.2f}× |")
+        lines.append(f"| {name} | {best:.2f} | {median:.2f} | {best / base_best:.2f}× | {median / base_median:.2f}× |")
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
