@@ -67,6 +67,7 @@ bench: setup  ## the measurements behind benchmarks/results/
 train: setup  ## retrain the embedded models (about an hour on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier
 	$(BIN)/python -m ditserve.models.digits.train
+	$(BIN)/python -m ditserve.models.digits.train_lora  # digits-dit's "bold" adapter, on the weights just trained
 	$(BIN)/python -m ditserve.models.digits.train_flow
 	$(BIN)/python -m ditserve.models.digits.train_unet
 
