@@ -111,3 +111,16 @@ def test_a_model_class_without_diffusers_lora_mixin_gains_it_and_keeps_its_name(
     peft_capable(model)
     assert isinstance(model, PeftAdapterMixin) and isinstance(model, DiTTransformer2DModel)
     assert type(model).__name__ == "DiTTransformer2DModel"
+
+
+def test_the_cross_request_cache_never_starts_a_request_from_another_adapters_run():
+    """Its entries are scoped by `Job.batch_key`, which holds the adapter: a plain request after an adapter
+    request of the same class starts from its own noise, and a repeat with the same adapter resumes."""
+    config = load_config("builtin:digits-dit")
+    cache = config.plan.approx_cache.model_copy(update={"enabled": True})
+    engine = Engine(config.model_copy(update={"plan": config.plan.model_copy(update={"approx_cache": cache})}))
+    engine.generate(digits("bold"))
+    plain, again = engine.generate(digits()), engine.generate(digits("bold"))
+    assert plain.stats.resumed_from == 0
+    assert torch.equal(plain.images, engine.generate(digits(approx_cache=False)).images)
+    assert again.stats.resumed_from > 0
