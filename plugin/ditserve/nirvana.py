@@ -40,7 +40,11 @@ part-way only when every one of its requests hits at the same rung; otherwise al
 kept). The step loop (`ditserve.continuous`) runs every request on its own sampler, so there each request starts
 where its own match allows.
 
-Replacement: least recently used (a hit or an insertion makes an entry the most recent), within a bound on
+Retirement: a kept run starts at most `max_reuse` requests, then leaves the cache, so the next similar request
+runs from its own noise and is kept instead. A start from a kept run gives nearly that run's image, so without it
+one run per digit answered every later request for that digit on the benchmark's stream (benchmarks/nirvana.py).
+
+Replacement: least recently used (a start or an insertion makes an entry the most recent), within a bound on
 entries and on bytes. Nirvana's LCBFU ranks entries by hits × steps saved, which keeps old popular prompts but is
 slow to let a newly popular prompt in (a new entry has no hits yet, so it is the first evicted); LRU admits every
 finished request, evicts in O(1), and its order is what a client can predict.
@@ -111,6 +115,8 @@ class Entry:
     embedding: torch.Tensor
     states: dict[int, State]
     """Rung step → state, each with one row per image of the request."""
+    uses: int = 0
+    """Requests started from it so far."""
 
     @property
     def images(self) -> int:
@@ -215,28 +221,40 @@ class Nirvana:
         firsts = [sum(rows[:k]) for k in range(len(jobs))]
         scopes = [(job.cache_scope, job.batch_key) for job in jobs]
         queries = [vectors[first] for first in firsts]
-        matches = [self._match(scope, query, n) for scope, query, n in zip(scopes, queries, rows, strict=True)]
-        steps = {None if match is None else match.step for match in matches}
-        if None not in steps and len(steps) == 1:
-            return Resume(matches)
-        return Recorder(self, scopes, queries, rows)
-
-    def _match(self, scope: tuple, query: torch.Tensor, images: int) -> State | None:
-        """The state to start `images` images from: the first rows of the most similar entry with enough rows, at
-        the latest rung its similarity reaches; None on a miss."""
         with self._lock:
-            candidates = [(key, e) for key, e in self.entries.items() if e.scope == scope and e.images >= images]
-            if not candidates:
-                return None
-            scores = similarity(query, torch.stack([e.embedding for _, e in candidates]))
-            best = int(scores.argmax())
-            score, (key, entry) = float(scores[best]), candidates[best]
-            for level, step in zip(self.levels, self.rung_steps(next(iter(entry.states.values())).total), strict=True):
-                if score >= level.similarity:
-                    self.entries.move_to_end(key)
-                    state = entry.states[step]
-                    return State(step, state.total, state.x[:images], state.t, state.output[:images])
+            matches = [self._match(scope, query, n) for scope, query, n in zip(scopes, queries, rows, strict=True)]
+            steps = {None if match is None else match[1].step for match in matches}
+            if None in steps or len(steps) != 1:
+                return Recorder(self, scopes, queries, rows)
+            for key, _ in matches:
+                self._use(key)
+        return Resume([state for _, state in matches])
+
+    def _match(self, scope: tuple, query: torch.Tensor, images: int) -> tuple[int, State] | None:
+        """The entry to start `images` images from and its state there: the first rows of the most similar entry
+        with enough rows, at the latest rung its similarity reaches; None on a miss. Called under the lock."""
+        candidates = [(key, e) for key, e in self.entries.items() if e.scope == scope and e.images >= images]
+        if not candidates:
+            return None
+        scores = similarity(query, torch.stack([e.embedding for _, e in candidates]))
+        best = int(scores.argmax())
+        score, (key, entry) = float(scores[best]), candidates[best]
+        for level, step in zip(self.levels, self.rung_steps(next(iter(entry.states.values())).total), strict=True):
+            if score >= level.similarity:
+                state = entry.states[step]
+                return key, State(step, state.total, state.x[:images], state.t, state.output[:images])
         return None
+
+    def _use(self, key: int) -> None:
+        """Count a start from entry `key`: it becomes the most recent, or retires at its `max_reuse`-th start.
+        Called under the lock."""
+        entry = self.entries[key]
+        entry.uses += 1
+        if entry.uses >= self.config.max_reuse:
+            del self.entries[key]
+            self.nbytes -= entry.nbytes
+        else:
+            self.entries.move_to_end(key)
 
     def insert(self, entry: Entry) -> None:
         """Keep `entry` as the most recent; evict the least recently used until both bounds hold (an entry larger

@@ -117,6 +117,13 @@ def test_least_recently_used_goes_first_within_the_entry_bound():
     assert engine.generate(ask("one", seed=2)).stats.resumed_from == 0
 
 
+def test_a_kept_run_retires_after_max_reuse():
+    engine = cached_engine(max_reuse=2)
+    engine.generate(ask("a handwritten seven"))
+    starts = [engine.generate(ask("a handwritten seven", seed=k)).stats.resumed_from for k in (1, 2, 3, 4)]
+    assert starts == [STEPS // 2, STEPS // 2, 0, STEPS // 2]  # retired after two starts; the miss is kept instead
+
+
 def test_byte_bound_holds():
     probe = cached_engine()
     probe.generate(ask("one"))
@@ -140,7 +147,7 @@ def test_a_request_with_more_images_than_an_entry_misses():
 
 
 def test_a_static_batch_starts_all_its_requests_at_one_step():
-    engine = cached_engine()
+    engine = cached_engine(max_reuse=1)  # a batch that runs from noise must not use up its requests' matches
     engine.generate(ask("a handwritten seven"))
     engine.generate(ask("a handwritten two"))
     mixed = engine.generate_batch([ask("a handwritten seven", seed=4), ask("a handwritten five", seed=4)])
