@@ -57,14 +57,12 @@ from caching_peers import (
     cache_dit_masks,
     with_threshold,
 )
+from fidelity_judge import Judge
 
 from ditserve.config import load_config
 from ditserve.engine import Engine
 from ditserve.errors import PlanError
-from ditserve.models.digits.data import load_split
 from ditserve.models.digits.prompts import example_prompts
-from ditserve.quality import load_classifier, mean_finite, psnr, ssim
-from ditserve.quality.frechet import frechet_distance
 from ditserve.registry import CACHES
 from ditserve.request import GenerationRequest
 
@@ -176,27 +174,6 @@ def run(engine: Engine, requests: list[GenerationRequest], before: Callable[[], 
     results = engine.generate_batch(requests)
     seconds = time.perf_counter() - started
     return torch.cat([r.images for r in results]) * 2 - 1, results[0].stats, seconds
-
-
-class Judge:
-    """Fidelity of a setting's images against its uncached images and the held-out digits."""
-
-    def __init__(self, reference: torch.Tensor, labels: torch.Tensor) -> None:
-        self.classifier = load_classifier()
-        self.reference, self.labels = reference, labels
-        with torch.no_grad():
-            self.held_out = self.classifier.features(load_split().held_out_images)
-
-    def __call__(self, images: torch.Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            accuracy = (self.classifier(images).argmax(dim=1) == self.labels).float().mean().item()
-            frechet = frechet_distance(self.classifier.features(images), self.held_out)
-        return {
-            "psnr": mean_finite(psnr(images, self.reference)),
-            "ssim": ssim(images, self.reference).mean().item(),
-            "accuracy": accuracy,
-            "frechet": frechet,
-        }
 
 
 # -- our sweeps --------------------------------------------------------------------------------------

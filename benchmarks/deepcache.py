@@ -34,10 +34,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from fidelity_judge import Judge
 
 from ditserve.engine import Engine
-from ditserve.models.digits.data import load_split
-from ditserve.quality import frechet_distance, load_classifier, mean_finite, psnr, ssim
 from ditserve.request import GenerationRequest
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,28 +75,6 @@ def generate(engine: Engine, asks: list[GenerationRequest]) -> tuple[torch.Tenso
     started = time.perf_counter()
     results = engine.generate_batch(asks)
     return torch.cat([r.images for r in results]) * 2 - 1, results[0].stats, time.perf_counter() - started
-
-
-class Judge:
-    """Fidelity of images against the uncached ones of the same seeds and against the held-out digits."""
-
-    def __init__(self, reference: torch.Tensor, per_class: int) -> None:
-        self.classifier = load_classifier()
-        self.reference = reference
-        self.labels = torch.arange(10).repeat_interleave(per_class)
-        with torch.no_grad():
-            self.held_out = self.classifier.features(load_split().held_out_images)
-
-    def __call__(self, images: torch.Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            accuracy = (self.classifier(images).argmax(dim=1) == self.labels).float().mean().item()
-            frechet = frechet_distance(self.classifier.features(images), self.held_out)
-        return {
-            "psnr": mean_finite(psnr(images, self.reference)),
-            "ssim": ssim(images, self.reference).mean().item(),
-            "accuracy": accuracy,
-            "frechet": frechet,
-        }
 
 
 def alternate(uncached, cached, repeats: int) -> dict:
@@ -155,7 +132,7 @@ def peer_rows(engine: Engine, steps: int, args, reference: torch.Tensor, ours: d
     loop = PipelineLoop(engine)
     plain = loop(steps, args.per_class)
     difference = (plain - reference.clamp(-1, 1)).abs().max().item()
-    judge = Judge(plain, args.per_class)
+    judge = Judge(plain, torch.arange(10).repeat_interleave(args.per_class))
     timing_per_class = max(1, args.timing_images // 10)
     rows = []
     for setting in PEER_SETTINGS:
@@ -259,7 +236,7 @@ def main() -> None:
     for steps in args.steps:
         print(f"{steps} steps", flush=True)
         reference, _, _ = generate(engine, requests(steps, args.per_class))
-        judge = Judge(reference, args.per_class)
+        judge = Judge(reference, torch.arange(10).repeat_interleave(args.per_class))
         uncached = {"source": "uncached", "setting": {}, "blocks": 1.0, **judge(reference)}
         uncached.update(wall=1.0, wall_min=1.0, wall_max=1.0, ratios=[])
         ours, images_of = our_rows(engine, steps, args, judge)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -30,19 +31,26 @@ def test_shipped_checkpoint_is_a_small_diffusers_dit_with_named_labels():
     assert training["seed"] == 0 and training["steps"] >= 1000
 
 
-def train(tmp_path, seed: int, name: str) -> dict[str, torch.Tensor]:
+def train(tmp_path, module: str, subfolder: str, seed: int, name: str) -> dict[str, torch.Tensor]:
     out = tmp_path / name
     args = ["--steps", "3", "--batch-size", "8", "--log-every", "3", "--seed", str(seed), "--threads", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "ditserve.models.digits.train", *args, "--out", str(out)],
+        [sys.executable, "-m", module, *args, "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+    return load_file(out / subfolder / "diffusion_pytorch_model.safetensors")
 
 
-def test_training_is_seeded_and_reproducible(tmp_path):
-    first, again, other = train(tmp_path, 0, "a"), train(tmp_path, 0, "b"), train(tmp_path, 1, "c")
+@pytest.mark.parametrize(
+    "module, subfolder",
+    [("ditserve.models.digits.train", "transformer"), ("ditserve.models.digits.train_unet", "unet")],
+    ids=["dit", "unet"],
+)
+def test_training_is_seeded_and_reproducible(tmp_path, module, subfolder):
+    first, again, other = (
+        train(tmp_path, module, subfolder, seed, name) for seed, name in [(0, "a"), (0, "b"), (1, "c")]
+    )
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
