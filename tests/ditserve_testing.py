@@ -6,6 +6,8 @@ They live here, not in conftest.py, because several test folders have a conftest
 
 from __future__ import annotations
 
+import contextlib
+
 
 def save_tiny_dit(
     path,
@@ -367,3 +369,17 @@ def tiny_wan_transformer(num_layers: int):
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
+
+
+@contextlib.contextmanager
+def running_scheduler(engine, **limits):
+    """A scheduler over `engine` (queue of 8, batches of 4 images unless `limits` say otherwise), closed within
+    60 s when the block ends, however it ends."""
+    from ditserve.config import ServeLimits
+    from ditserve.scheduler import Scheduler
+
+    scheduler = Scheduler(engine, ServeLimits(**{"max_queue": 8, "batch_images": 4, "max_batch": 4, **limits}))
+    try:
+        yield scheduler
+    finally:
+        scheduler.close(60)

@@ -36,27 +36,14 @@ def save_tiny_lora(model_dir, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A server of its own (the shared one's model has no adapters), with fixed-shape calls (`pad_batches`)."""
+    """A server of its own (the shared one's model has no adapters), with fixed-shape calls (`pad_batches`); conftest's
+    `rest` and `grpc_client` talk to it."""
     tmp = tmp_path_factory.mktemp("lora")
     save_lora_into = save_tiny_dit(tmp / "tiny")  # start_server writes the same tiny DiT here again
     save_tiny_lora(save_lora_into, "ink")
     current = start_server(tmp, max_queue=8)  # room for the eight requests sent at once below
     yield current
     stop_server(current)
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    client = RestClient(server.url, API_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = GrpcClient(server.grpc, API_KEY)
-    yield client
-    client.close()
 
 
 def pixels(result: dict) -> bytes:

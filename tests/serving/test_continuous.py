@@ -4,14 +4,13 @@ beside other requests' steps keep to batches of their own."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
+from ditserve_testing import running_scheduler
 
-from ditserve.config import ServeLimits
 from ditserve.continuous import mixing_problem
 from ditserve.errors import Cancelled
 from ditserve.request import GenerationRequest
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLOSE = 1e-5
 """Largest pixel difference from the request served alone: only the rounding of a different batch shape."""
-
-
-@contextlib.contextmanager
-def running(engine, **limits) -> Iterator[Scheduler]:
-    scheduler = Scheduler(engine, ServeLimits(**{"max_queue": 8, "batch_images": 4, "max_batch": 4, **limits}))
-    try:
-        yield scheduler
-    finally:
-        scheduler.close(60)
 
 
 def req(seed: int, **fields) -> GenerationRequest:
@@ -65,7 +55,7 @@ def distance_from_alone(engine, request: GenerationRequest, images: torch.Tensor
 def test_a_request_joining_a_running_batch_gets_the_image_it_gets_alone(digits_engine):
     first_request = req(1, steps=30)
     joiner_request = req(2, class_label=7, steps=12, guidance_scale=2.0)
-    with running(digits_engine) as scheduler:
+    with running_scheduler(digits_engine) as scheduler:
         first, first_steps = submit_watched(scheduler, first_request)
         wait_until(lambda: len(first_steps) >= 5)
         joiner = scheduler.submit(joiner_request)
@@ -81,7 +71,7 @@ def test_a_request_joining_a_running_batch_gets_the_image_it_gets_alone(digits_e
 def test_padded_calls_make_a_joining_request_bit_identical_to_it_alone(digits_engine):
     """The reproducible mode: every call padded to 2 × batch_images rows, whatever joins or leaves."""
     first_request, joiner_request = req(1, steps=20), req(2, class_label=5, steps=10, guidance_scale=1.0)
-    with running(digits_engine, pad_batches=True) as scheduler:
+    with running_scheduler(digits_engine, pad_batches=True) as scheduler:
         first, first_steps = submit_watched(scheduler, first_request)
         wait_until(lambda: len(first_steps) >= 3)
         joiner = scheduler.submit(joiner_request)
@@ -96,7 +86,7 @@ def test_padded_calls_make_a_joining_request_bit_identical_to_it_alone(digits_en
 
 def test_leaving_and_cancelling_mid_batch_do_not_disturb_the_others(digits_engine):
     stays, leaves = req(1, steps=30), req(2, class_label=0, steps=8)
-    with running(digits_engine) as scheduler:
+    with running_scheduler(digits_engine) as scheduler:
         staying, staying_steps = submit_watched(scheduler, stays)
         leaving = scheduler.submit(leaves)
         cancelled, cancelled_steps = submit_watched(scheduler, req(3, class_label=9, steps=30))
@@ -118,7 +108,7 @@ def test_a_cache_that_cannot_mix_refuses_to_share_a_batch(digits_engine):
     and a request queued behind it does not overtake it into the running batch."""
     cached_request = req(2, steps=10, cache={"name": "fora", "interval": 3})
     assert "fora" in mixing_problem(digits_engine, digits_engine.validate(cached_request))
-    with running(digits_engine) as scheduler:
+    with running_scheduler(digits_engine) as scheduler:
         first, first_steps = submit_watched(scheduler, req(1, steps=25))
         wait_until(lambda: len(first_steps) >= 3)
         cached = scheduler.submit(cached_request)
@@ -154,7 +144,7 @@ def test_edits_join_a_running_batch_at_their_later_timestep_and_obey_cancel_and_
     fields = edit_fields()
     img2img = req(2, class_label=8, steps=12, init_image=fields["init_image"], strength=0.5)
     inpaint = req(3, class_label=8, steps=8, **fields)
-    with running(digits_engine) as scheduler:
+    with running_scheduler(digits_engine) as scheduler:
         first, first_steps = submit_watched(scheduler, req(1, steps=30))
         wait_until(lambda: len(first_steps) >= 3)
         edits = [scheduler.submit(img2img), scheduler.submit(inpaint)]
@@ -182,7 +172,7 @@ def test_static_batches_group_edits_by_strength_and_mask(digits_engine):
         req(3, steps=6, init_image=fields["init_image"], strength=0.5),  # img2img: a batch of its own
         req(4, steps=6),  # text-to-image: another
     ]
-    with running(digits_engine, batching="static", batch_wait_ms=200) as scheduler:
+    with running_scheduler(digits_engine, batching="static", batch_wait_ms=200) as scheduler:
         tickets = [scheduler.submit(request) for request in requests]
         results = [ticket.result(60) for ticket in tickets]
     assert [r.stats.batch_size for r in results] == [2, 2, 1, 1]

@@ -4,26 +4,13 @@ adapter's images), and the adapter is off again once its requests are done."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 import torch
+from ditserve_testing import running_scheduler
 
-from ditserve.config import ServeLimits
 from ditserve.request import GenerationRequest
-from ditserve.scheduler import Scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@contextlib.contextmanager
-def running(engine, **limits) -> Iterator[Scheduler]:
-    scheduler = Scheduler(engine, ServeLimits(**{"max_queue": 8, "batch_images": 4, "max_batch": 4, **limits}))
-    try:
-        yield scheduler
-    finally:
-        scheduler.close(60)
 
 
 def req(seed: int, lora: str | None = None) -> GenerationRequest:
@@ -31,7 +18,7 @@ def req(seed: int, lora: str | None = None) -> GenerationRequest:
 
 
 def test_an_adapter_request_and_a_plain_one_sent_together_each_get_their_own_images(digits_engine):
-    with running(digits_engine) as scheduler:
+    with running_scheduler(digits_engine) as scheduler:
         alone = [scheduler.submit(r).result(60) for r in (req(1, "bold"), req(2))]
         switches = digits_engine.loras.switches
         together = [scheduler.submit(r) for r in (req(1, "bold"), req(2))]
@@ -51,7 +38,7 @@ def test_requests_of_two_adapters_batch_only_with_their_own(digits_engine, batch
     of a two-image batch."""
     requests = [req(1, "bold"), req(2), req(3, "bold"), req(4)]
     padded = batching == "continuous"
-    with running(digits_engine, batching=batching, pad_batches=padded, batch_wait_ms=200) as scheduler:
+    with running_scheduler(digits_engine, batching=batching, pad_batches=padded, batch_wait_ms=200) as scheduler:
         results = [ticket.result(60) for ticket in [scheduler.submit(r) for r in requests]]
         alone = [scheduler.submit(r).result(60) for r in requests]
     assert [r.stats.batch_size for r in results] == [2, 2, 2, 2], "requests of different adapters shared a batch"
