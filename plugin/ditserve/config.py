@@ -83,12 +83,11 @@ class ApproxCache(_Section):
     """The ladder: the request starts after the largest `skip` whose `similarity` its best match reaches. The
     defaults are set on digits-flow's pooled text embedding, where prompts for one digit score ≥ 0.978 and for
     different digits ≤ 0.82 (every pair of its 120 training prompts)."""
-    max_reuse: int = Field(3, ge=1, le=1_000_000)
+    max_reuse: int = Field(2, ge=1, le=1_000_000)
     """Requests one kept run may start before it is retired, so that the next similar request runs from its own
     noise and is kept in its place. A start from a kept run gives nearly that run's image (the rest of the steps
-    follow a near-identical prompt), so this bounds how many answers share one picture: on the digits-flow stream
-    of benchmarks/nirvana.py, keeping every run for good left one run per digit serving every later request and the
-    Fréchet distance 1.29× the uncached stream's."""
+    follow a near-identical prompt), so this bounds how many answers share one picture (see nirvana.py,
+    "Retirement", for what each setting cost on the digits-flow stream)."""
     max_entries: int = Field(256, ge=1, le=100_000)
     """Finished requests kept, over all API keys; the least recently used goes first."""
     max_bytes: int = Field(64 * 2**20, ge=2**10, le=2**36)
