@@ -59,7 +59,10 @@ def calibration_requests(engine: Engine, samples: int, steps: int | None = None)
         path = engine.model.path / EXAMPLE_PROMPTS_FILE
         prompts = json.loads(path.read_text()) if path.is_file() else STOCK_PROMPTS
         subjects = [{"prompt": prompts[k % len(prompts)]} for k in range(samples)]
-    return [GenerationRequest(**subject, seed=FIRST_SEED + k, steps=steps) for k, subject in enumerate(subjects)]
+    return [  # every run from its own noise, whatever the plan's cross-request cache (ditserve/nirvana.py)
+        GenerationRequest(**subject, seed=FIRST_SEED + k, steps=steps, approx_cache=False)
+        for k, subject in enumerate(subjects)
+    ]
 
 
 class Recorder:

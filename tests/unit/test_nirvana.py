@@ -170,3 +170,12 @@ def test_a_cancelled_request_leaves_nothing():
     with pytest.raises(Cancelled):
         engine.generate(ask("a handwritten seven"), on_progress=stop_late, cancel=cancel)
     assert not engine.nirvana.entries
+
+
+def test_calibration_runs_never_start_from_kept_runs():
+    from ditserve.calibrate import calibration_requests
+
+    engine = cached_engine()
+    requests = calibration_requests(engine, samples=12, steps=STEPS)  # 120 prompts cycled: "zero" … "nine", "0" …
+    starts = [engine.generate(request).stats.resumed_from for request in requests]
+    assert starts == [0] * 12 and not engine.nirvana.entries
