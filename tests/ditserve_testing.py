@@ -66,24 +66,16 @@ def save_tiny_dit(
 
 
 def tiny_unet():
-    """A random class-conditional `UNet2DModel` shaped like digits-unet at a fraction of its width: three levels
-    (8x8, 4x4, 2x2), attention at the second and in the middle block, 10 classes and the null class 10."""
+    """A random class-conditional `UNet2DModel` shaped like digits-unet (its config) at a fraction of its width:
+    three levels (8x8, 4x4, 2x2), attention at the second and in the middle block, 10 classes and the null class."""
     import torch
     from diffusers import UNet2DModel
 
+    from ditserve.models.digits.train_unet import UNET_CONFIG
+
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=8,
-        num_class_embeds=11,
-    ).eval()
+    narrow = dict(sample_size=8, block_out_channels=(8, 16, 16), norm_num_groups=4, attention_head_dim=8)
+    return UNet2DModel(**{**UNET_CONFIG, **narrow}).eval()
 
 
 def save_tiny_unet(path):

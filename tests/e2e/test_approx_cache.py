@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_process import API_KEY, start_server, stop_server
+from server_process import start_server, stop_server
 
-from ditserve.client import GrpcClient, RestClient, ServerError
+from ditserve.client import ServerError
 
 pytestmark = pytest.mark.e2e
 
@@ -18,25 +18,12 @@ THREE = {"class_label": 3, "seed": 5, "steps": STEPS, "format": "raw"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A server of its own with the cache enabled (the shared one's plan has it off)."""
+    """A server of its own with the cache enabled (the shared one's plan has it off); conftest's `rest` and
+    `grpc_client` talk to it."""
     plan = "{sampler: {name: ddim, steps: 20}, approx_cache: {enabled: true}}"
     current = start_server(tmp_path_factory.mktemp("approx-cache"), plan=plan)
     yield current
     stop_server(current)
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    client = RestClient(server.url, API_KEY)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = GrpcClient(server.grpc, API_KEY)
-    yield client
-    client.close()
 
 
 def pixels(result: dict) -> np.ndarray:
