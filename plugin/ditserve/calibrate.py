@@ -110,21 +110,21 @@ def record(engine: Engine, recorder: Recorder, samples: int, steps: int | None =
 
 def calibration_engine(config: ModelConfig, section: str) -> Engine:
     """The model of `config` in one process with its plan's `section` strategy set to `none` (a sampler's
-    calibration then runs on the checkpoint's own scheduler): what a cache's or a sampler's calibration
-    observes. A quantizer's observes `quantizer_engine`."""
+    calibration then runs on the checkpoint's own scheduler) and no LoRA adapters: what a cache's or a
+    sampler's calibration observes. A quantizer's observes `quantizer_engine`."""
     from ditserve.engine import Engine
 
     update = {section: REGISTRIES[section].parse({"name": "none"}, f"plan.{section}")}
     update["parallel"] = REGISTRIES["parallel"].parse({"name": "none"}, "plan.parallel")
     plan = config.plan.model_copy(update=update)
-    return Engine(config.model_copy(update={"plan": plan}))
+    return Engine(config.model_copy(update={"plan": plan}), loras=False)
 
 
 def quantizer_engine(model: LoadedModel | ModelConfig) -> Engine:
-    """The unquantized, uncached model a quantizer's calibration observes, on the checkpoint's own scheduler
-    at the default guidance: the same for `ditserve calibrate --quant` (given the model config) and for a
-    calibration at load (given the model being loaded, whose checkpoint it loads once more), so a stored
-    calibration and one made at load are the same."""
+    """The unquantized, uncached model without LoRA adapters (its layer names are the ones a quantizer replaces)
+    that a quantizer's calibration observes, on the checkpoint's own scheduler at the default guidance: the same
+    for `ditserve calibrate --quant` (given the model config) and for a calibration at load (given the model
+    being loaded, whose checkpoint it loads once more), so a stored calibration and one made at load are the same."""
     from ditserve.engine import Engine
 
     if isinstance(model, ModelConfig):
@@ -134,7 +134,7 @@ def quantizer_engine(model: LoadedModel | ModelConfig) -> Engine:
     else:
         source = {"name": "calibration", "path": str(model.path), "family": model.adapter.family}
         source |= {"dtype": str(model.dtype).removeprefix("torch."), "device": model.device.type}
-    return Engine(parse_config({"model": source, "plan": {"sampler": {"name": "none"}}}))
+    return Engine(parse_config({"model": source, "plan": {"sampler": {"name": "none"}}}), loras=False)
 
 
 # -- the YAML --------------------------------------------------------------------------------------

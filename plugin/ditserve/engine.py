@@ -389,13 +389,16 @@ class Engine(Front):
     at a time.
 
     In a rank of a multi-process executor (`parallel/ranks.py`), `placement` holds the rank's process groups
-    and the plan's runner is applied over them at load, like the cache and the quantizer."""
+    and the plan's runner is applied over them at load, like the cache and the quantizer. `loras=False` loads
+    none of the model directory's LoRA adapters: a calibration observes the base model's own layers."""
 
-    def __init__(self, config: ModelConfig, placement=None) -> None:
+    def __init__(self, config: ModelConfig, placement=None, *, loras: bool = True) -> None:
         started = time.perf_counter()
         if config.model.threads:
             torch.set_num_threads(config.model.threads)
         super().__init__(config, load_model(config))
+        if not loras:
+            self.lora_problem = "this engine runs the base model for a calibration and loads no LoRA adapters"
         if self.parallel.world_size != 1 and placement is None:
             raise PlanError(
                 f"plan.parallel {config.plan.parallel.name!r} runs on {self.parallel.world_size} ranks: serve it "
