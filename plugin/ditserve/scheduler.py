@@ -114,6 +114,33 @@ class SchedulerHooks:
         """Transformer blocks computed by finished model work, and those the same calls would compute uncached."""
 
 
+class _GuardedHooks(SchedulerHooks):
+    """Forwards to the configured hooks and logs what they raise: the hooks feed metrics, and a metrics write that
+    fails (prometheus' multi-process files live on a disk that can fill or be cleaned) must not kill the worker
+    thread, which would leave every admitted request waiting forever."""
+
+    def __init__(self, hooks: SchedulerHooks) -> None:
+        self._hooks = hooks
+
+    def _call(self, name: str, *args) -> None:
+        try:
+            getattr(self._hooks, name)(*args)
+        except Exception:
+            log.exception("scheduler hook %s failed", name)
+
+    def queue_depth(self, depth: int) -> None:
+        self._call("queue_depth", depth)
+
+    def batch_started(self, images: int, padded: int, waits: list[float]) -> None:
+        self._call("batch_started", images, padded, waits)
+
+    def step_done(self, seconds: float) -> None:
+        self._call("step_done", seconds)
+
+    def blocks_done(self, computed: int, full: int) -> None:
+        self._call("blocks_done", computed, full)
+
+
 class _BatchCancel:
     """The engine's cancel flag for a batch: set once no ticket in it still wants the result."""
 
@@ -130,7 +157,7 @@ class Scheduler:
     def __init__(self, engine: Front, limits: ServeLimits | None = None, hooks: SchedulerHooks | None = None) -> None:
         self.engine = engine
         self.limits = limits or engine.config.limits
-        self.hooks = hooks or SchedulerHooks()
+        self.hooks = _GuardedHooks(hooks or SchedulerHooks())
         self._queue: collections.deque[Ticket] = collections.deque()
         self._admitted = 0
         self._cond = threading.Condition()

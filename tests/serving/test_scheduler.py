@@ -181,6 +181,27 @@ def test_a_failure_inside_one_batch_fails_only_that_batch(engine, monkeypatch, b
         assert torch.equal(again.images, fresh.images)
 
 
+def test_failing_metrics_hooks_do_not_stop_the_worker(engine, batching):
+    """Fault injection (named as such): metrics writes that raise, as prometheus' multi-process files do when
+    their disk is full; every request is still answered."""
+    from ditserve.scheduler import SchedulerHooks
+
+    class BrokenMetrics(SchedulerHooks):
+        def queue_depth(self, depth):
+            raise OSError("injected: no space left on device")
+
+        batch_started = step_done = blocks_done = lambda self, *args: self.queue_depth(0)
+
+    limits = ServeLimits(max_queue=8, batch_images=4, max_batch=4, batch_wait_ms=0.0, batching=batching)
+    scheduler = Scheduler(engine, limits, BrokenMetrics())
+    try:
+        tickets = [scheduler.submit(req(seed, steps=3)) for seed in (1, 2)]
+        assert [t.result(60).stats.steps for t in tickets] == [3, 3]
+        assert scheduler.submit(req(3, steps=2)).result(60).stats.steps == 2
+    finally:
+        scheduler.close(30)
+
+
 def test_close_drains_admitted_work_and_refuses_new(engine, batching):
     scheduler = make(engine, batch_wait_ms=0.0, batching=batching)
     ticket = scheduler.submit(req(1, steps=50))
