@@ -226,6 +226,7 @@ class StepLoop:
         stats.seconds["decode"] = time.perf_counter() - decode_started
         stats.block_evaluations_full = stats.model_evaluations * engine.blocks_per_call
         stats.attention_evaluations_full = stats.model_evaluations * engine.attention_layers_per_call
+        stats.token_evaluations_full = stats.token_evaluations  # a cache that mixes in a batch reuses no tokens
         stats.seconds["total"] = time.perf_counter() - trajectory.started
         job = trajectory.job
         return GenerationResult(images=images, seeds=job.seeds, stats=stats, prompt=job.subject)
@@ -250,6 +251,7 @@ class StepLoop:
         engine = self.engine
         blocks = engine.block_counter.count
         attention = engine.attention_counter.count
+        tokens = engine.token_counter.count if engine.token_counter is not None else 0
         try:
             outputs, padding = self._evaluate(group)
         except Exception as err:
@@ -258,6 +260,7 @@ class StepLoop:
             return 0, 0, 0
         blocks = engine.block_counter.count - blocks
         attention = engine.attention_counter.count - attention
+        tokens = engine.token_counter.count - tokens if engine.token_counter is not None else 0
         images = sum(trajectory.images for trajectory in group)
         for trajectory, output in zip(group, outputs, strict=True):
             stats = trajectory.stats
@@ -265,6 +268,7 @@ class StepLoop:
             stats.timestep_evaluations += 1
             stats.block_evaluations += blocks
             stats.attention_evaluations += attention
+            stats.token_evaluations += tokens
             stats.batch_size = max(stats.batch_size, images)
             trajectory.answer(output)
         return images, padding, blocks

@@ -24,7 +24,7 @@ import torch
 
 from ditserve.compile import Compiler
 from ditserve.config import BUILTIN_PREFIX, ModelConfig, load_config
-from ditserve.counters import AttentionCounter, BlockCounter
+from ditserve.counters import AttentionCounter, BlockCounter, TokenCounter
 from ditserve.editing import Edit, EditInputs, edit_inputs, image_size
 from ditserve.errors import Cancelled, ConfigError, PlanError, RequestError
 from ditserve.lora import LoraAdapters, discover
@@ -384,6 +384,34 @@ class Front:
         }
 
 
+class TokenTally:
+    """A request's token evaluations (`TokenCounter`) and those its calls would have taken with no caching.
+
+    The full count of a call is its rows (samples) times the tokens one row took in the request's first call:
+    every cache is reset before a request and has nothing stored to reuse on its first call, which therefore
+    computes every token of every layer."""
+
+    def __init__(self, counter: TokenCounter | None) -> None:
+        self.counter = counter
+        self.counted = 0
+        self.full = 0
+        self.per_row: float | None = None
+
+    @contextlib.contextmanager
+    def call(self, rows: int):
+        """Count one transformer call over `rows` samples (the [cond; uncond] halves of one sample count once)."""
+        if self.counter is None:
+            yield
+            return
+        before = self.counter.count
+        yield
+        counted = self.counter.count - before
+        if self.per_row is None:
+            self.per_row = counted / rows
+        self.counted += counted
+        self.full += round(self.per_row * rows)
+
+
 class Engine(Front):
     """The local executor: one loaded model with its plan, and the sampling loop. Thread-safe: requests run one
     at a time.
@@ -410,6 +438,8 @@ class Engine(Front):
         self.block_counter = self.compiler.block_counter() or BlockCounter(self.model)
         self.attention_counter = self.compiler.attention_counter() or AttentionCounter(self.model)
         self.attention_layers_per_call = len(self.adapter.attention_layers(self.model.transformer))
+        self.token_counter = None if self.compiler.regions else TokenCounter(self.model)
+        """None when compiled: a hook inside a compiled region would break it (token counts stay 0)."""
         plan = config.plan
         self.quantizer = QUANTIZERS.get(plan.quant.name)(plan.quant)
         self.quantizer.apply(self.model)
@@ -518,16 +548,18 @@ class Engine(Front):
         stats.seconds["condition"] = time.perf_counter() - started
         blocks_before = self.block_counter.count
         attention_before = self.attention_counter.count
+        tokens = TokenTally(self.token_counter)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             stats.model_evaluations += 1
             repeats = x.shape[0] // len(seeds)  # parallel samplers evaluate k timesteps of every image in one call
             stats.timestep_evaluations += repeats
             inputs = kwargs if repeats == 1 else repeat_inputs(kwargs, repeats, 2 if use_cfg else 1)
-            if not use_cfg:
-                return adapter.predict(model, x, t, inputs)
-            t = t if t.numel() == 1 else torch.cat([t, t])
-            cond, uncond = adapter.predict(model, torch.cat([x, x]), t, inputs).chunk(2)
+            with tokens.call(x.shape[0]):
+                if not use_cfg:
+                    return adapter.predict(model, x, t, inputs)
+                t = t if t.numel() == 1 else torch.cat([t, t])
+                cond, uncond = adapter.predict(model, torch.cat([x, x]), t, inputs).chunk(2)
             return uncond + guidance * (cond - uncond)
 
         def on_step(done: int, total: int, x: torch.Tensor) -> None:
@@ -548,6 +580,7 @@ class Engine(Front):
         stats.block_evaluations_full = stats.model_evaluations * self.blocks_per_call
         stats.attention_evaluations = self.attention_counter.count - attention_before
         stats.attention_evaluations_full = stats.model_evaluations * self.attention_layers_per_call
+        stats.token_evaluations, stats.token_evaluations_full = tokens.counted, tokens.full
         stats.seconds["total"] = time.perf_counter() - started
         return images, stats
 

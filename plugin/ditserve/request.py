@@ -87,6 +87,12 @@ class GenerationStats:
     """Attention layers actually computed (attention-level caches such as PAB skip these inside blocks that run)."""
     attention_evaluations_full: int = 0
     """Attention layers the same calls would have computed with no caching."""
+    token_evaluations: int = 0
+    """Tokens actually computed, summed over the token layers (attention layers and feed-forward networks) of
+    every block and call: a layer run on 30% of its tokens adds 0.3 of what it adds in full (token-level caches
+    such as ToCa and DuCa recompute only the tokens they pick). 0 where the blocks are compiled (not counted)."""
+    token_evaluations_full: int = 0
+    """Tokens the same calls would have computed with no caching."""
     resumed_from: int = 0
     """The step this request started from, on an earlier similar request's run (the cross-request cache,
     `ditserve.nirvana`; its images then depend on that run, not only on the seeds); 0: from its own noise."""

@@ -19,6 +19,9 @@ def test_an_allowed_cache_override_computes_fewer_blocks_on_both_transports(rest
     over_rest, over_grpc = rest.generate(**FIELDS, cache=FORA), grpc_client.generate(**FIELDS, cache=FORA)
     assert plain["stats"]["block_evaluations"] == 6 * 2  # 6 calls × the tiny DiT's 2 blocks
     assert over_rest["stats"]["block_evaluations"] == over_grpc["stats"]["block_evaluations"] == 2 * 2  # calls 0, 3
+    for counted in ("attention_evaluations", "token_evaluations"):  # the finer counts travel on both transports
+        assert over_rest["stats"][counted] == over_grpc["stats"][counted] == plain["stats"][counted] // 3
+        assert over_rest["stats"][f"{counted}_full"] == over_grpc["stats"][f"{counted}_full"] == plain["stats"][counted]
     assert over_rest["images"][0]["data"] == over_grpc["images"][0]["data"] != plain["images"][0]["data"]
     assert rest.generate(**FIELDS)["images"][0]["data"] == plain["images"][0]["data"]
 

@@ -89,6 +89,21 @@ def test_stats_count_model_and_block_evaluations(engine):
     assert not torch.equal(unguided.images, engine.generate(request(steps=5, guidance_scale=4.0)).images)
 
 
+def test_stats_count_tokens_of_every_attention_and_feed_forward_layer(engine):
+    """Uncached, every call computes each image's tokens (16: an 8x8 image in 2x2 patches) in each block's
+    attention layer and feed-forward network, for the cond and uncond halves; a block cache skipping blocks
+    computes fewer, and the full count stays what the calls would cost uncached."""
+    guided = engine.generate(request(steps=5, guidance_scale=4.0, num_images=3)).stats
+    assert guided.token_evaluations == guided.token_evaluations_full == 5 * 2 * 2 * (3 * 2) * 16
+    single = engine.generate(request(steps=5, guidance_scale=1.0)).stats
+    assert single.token_evaluations == single.token_evaluations_full == 5 * 2 * 2 * 16
+    skipping = engine.generate(request(steps=5, num_images=3, cache={"name": "fora", "interval": 2})).stats
+    assert skipping.token_evaluations_full == guided.token_evaluations_full
+    assert skipping.token_evaluations / skipping.token_evaluations_full == pytest.approx(
+        skipping.block_evaluations / skipping.block_evaluations_full
+    )
+
+
 def test_prompt_names_a_class_by_any_synonym(engine):
     by_label = engine.generate(request(class_label=7)).images
     for prompt in ("label7", "7", " LABEL7 "):

@@ -94,6 +94,10 @@ def stats_json(result: GenerationResult) -> dict:
         "model_evaluations": s.model_evaluations,
         "block_evaluations": s.block_evaluations,
         "block_evaluations_full": s.block_evaluations_full,
+        "attention_evaluations": s.attention_evaluations,
+        "attention_evaluations_full": s.attention_evaluations_full,
+        "token_evaluations": s.token_evaluations,
+        "token_evaluations_full": s.token_evaluations_full,
         "resumed_from": s.resumed_from,
         "seconds": {k: round(v, 6) for k, v in s.seconds.items()},
     }

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64itserve/v1/diffusion.proto\x12\x0b\x64itserve.v1\x1a\x1cgoogle/protobuf/struct.proto\"A\n\x08Strategy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x63lass_label\x18\x03 \x01(\x05H\x00\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nnum_images\x18\x07 \x01(\x05\x12\x13\n\x06height\x18\x08 \x01(\x05H\x04\x88\x01\x01\x12\x12\n\x05width\x18\t \x01(\x05H\x05\x88\x01\x01\x12(\n\x06\x66ormat\x18\n \x01(\x0e\x32\x18.ditserve.v1.ImageFormat\x12&\n\x07sampler\x18\x0b \x01(\x0b\x32\x15.ditserve.v1.Strategy\x12\x15\n\rpreview_every\x18\x0c \x01(\x05\x12$\n\x05\x63\x61\x63he\x18\r \x01(\x0b\x32\x15.ditserve.v1.Strategy\x12\x12\n\ninit_image\x18\x0e \x01(\x0c\x12\x0c\n\x04mask\x18\x0f \x01(\x0c\x12\x15\n\x08strength\x18\x10 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04lora\x18\x11 \x01(\tH\x07\x88\x01\x01\x12\x17\n\nlora_scale\x18\x12 \x01(\x02H\x08\x88\x01\x01\x12\x19\n\x0c\x61pprox_cache\x18\x13 \x01(\x08H\t\x88\x01\x01\x42\t\n\x07subjectB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\t\n\x07_heightB\x08\n\x06_widthB\x0b\n\t_strengthB\x07\n\x05_loraB\r\n\x0b_lora_scaleB\x0f\n\r_approx_cache\"g\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\"\xf8\x01\n\x05Stats\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x05\x12\x19\n\x11\x62lock_evaluations\x18\x04 \x01(\x03\x12\x1e\n\x16\x62lock_evaluations_full\x18\x05 \x01(\x03\x12\x30\n\x07seconds\x18\x06 \x03(\x0b\x32\x1f.ditserve.v1.Stats.SecondsEntry\x12\x14\n\x0cresumed_from\x18\x07 \x01(\x05\x1a.\n\x0cSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.ditserve.v1.Image\x12!\n\x05stats\x18\x03 \x01(\x0b\x32\x12.ditserve.v1.Stats\"`\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\x12$\n\x08previews\x18\x04 \x03(\x0b\x32\x12.ditserve.v1.Image\"t\n\rGenerateEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.ditserve.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.ditserve.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ditserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc6\x01\n\x06Limits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12\x11\n\tmax_batch\x18\x02 \x01(\x05\x12\x10\n\x08max_side\x18\x03 \x01(\x05\x12\x18\n\x10max_prompt_chars\x18\x04 \x01(\x05\x12\x11\n\tmax_queue\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x61llow_overrides\x18\x07 \x01(\x08\x12+\n\toverrides\x18\x08 \x03(\x0b\x32\x18.ditserve.v1.Overridable\"-\n\x0bOverridable\x12\x0f\n\x07section\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"N\n\rStrategyField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x0b\n\x03\x64oc\x18\x04 \x01(\t\"u\n\x0cStrategyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x62out\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12*\n\x06\x66ields\x18\x05 \x03(\x0b\x32\x1a.ditserve.v1.StrategyField\"\xc2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x63onditioning\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".ditserve.v1.ModelInfo.LabelsEntry\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\x05 \x03(\x05\x12#\n\x06limits\x18\x06 \x01(\x0b\x32\x13.ditserve.v1.Limits\x12%\n\x04plan\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\nstrategies\x18\x08 \x03(\x0b\x32\x19.ditserve.v1.StrategyInfo\x12\r\n\x05loras\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*[\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x18\n\x14IMAGE_FORMAT_RAW_F32\x10\x02\x32\xba\x02\n\x10\x44iffusionService\x12G\n\x08Generate\x12\x1c.ditserve.v1.GenerateRequest\x1a\x1d.ditserve.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.ditserve.v1.GenerateRequest\x1a\x1a.ditserve.v1.GenerateEvent0\x01\x12M\n\nListModels\x12\x1e.ditserve.v1.ListModelsRequest\x1a\x1f.ditserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.ditserve.v1.GetModelRequest\x1a\x16.ditserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64itserve/v1/diffusion.proto\x12\x0b\x64itserve.v1\x1a\x1cgoogle/protobuf/struct.proto\"A\n\x08Strategy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x66ields\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x63lass_label\x18\x03 \x01(\x05H\x00\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nnum_images\x18\x07 \x01(\x05\x12\x13\n\x06height\x18\x08 \x01(\x05H\x04\x88\x01\x01\x12\x12\n\x05width\x18\t \x01(\x05H\x05\x88\x01\x01\x12(\n\x06\x66ormat\x18\n \x01(\x0e\x32\x18.ditserve.v1.ImageFormat\x12&\n\x07sampler\x18\x0b \x01(\x0b\x32\x15.ditserve.v1.Strategy\x12\x15\n\rpreview_every\x18\x0c \x01(\x05\x12$\n\x05\x63\x61\x63he\x18\r \x01(\x0b\x32\x15.ditserve.v1.Strategy\x12\x12\n\ninit_image\x18\x0e \x01(\x0c\x12\x0c\n\x04mask\x18\x0f \x01(\x0c\x12\x15\n\x08strength\x18\x10 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04lora\x18\x11 \x01(\tH\x07\x88\x01\x01\x12\x17\n\nlora_scale\x18\x12 \x01(\x02H\x08\x88\x01\x01\x12\x19\n\x0c\x61pprox_cache\x18\x13 \x01(\x08H\t\x88\x01\x01\x42\t\n\x07subjectB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\t\n\x07_heightB\x08\n\x06_widthB\x0b\n\t_strengthB\x07\n\x05_loraB\r\n\x0b_lora_scaleB\x0f\n\r_approx_cache\"g\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\"\xf6\x02\n\x05Stats\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x05\x12\x19\n\x11\x62lock_evaluations\x18\x04 \x01(\x03\x12\x1e\n\x16\x62lock_evaluations_full\x18\x05 \x01(\x03\x12\x30\n\x07seconds\x18\x06 \x03(\x0b\x32\x1f.ditserve.v1.Stats.SecondsEntry\x12\x14\n\x0cresumed_from\x18\x07 \x01(\x05\x12\x1d\n\x15\x61ttention_evaluations\x18\x08 \x01(\x03\x12\"\n\x1a\x61ttention_evaluations_full\x18\t \x01(\x03\x12\x19\n\x11token_evaluations\x18\n \x01(\x03\x12\x1e\n\x16token_evaluations_full\x18\x0b \x01(\x03\x1a.\n\x0cSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.ditserve.v1.Image\x12!\n\x05stats\x18\x03 \x01(\x0b\x32\x12.ditserve.v1.Stats\"`\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\x12$\n\x08previews\x18\x04 \x03(\x0b\x32\x12.ditserve.v1.Image\"t\n\rGenerateEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.ditserve.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.ditserve.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ditserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc6\x01\n\x06Limits\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12\x11\n\tmax_batch\x18\x02 \x01(\x05\x12\x10\n\x08max_side\x18\x03 \x01(\x05\x12\x18\n\x10max_prompt_chars\x18\x04 \x01(\x05\x12\x11\n\tmax_queue\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x61llow_overrides\x18\x07 \x01(\x08\x12+\n\toverrides\x18\x08 \x03(\x0b\x32\x18.ditserve.v1.Overridable\"-\n\x0bOverridable\x12\x0f\n\x07section\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"N\n\rStrategyField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x0b\n\x03\x64oc\x18\x04 \x01(\t\"u\n\x0cStrategyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x62out\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12*\n\x06\x66ields\x18\x05 \x03(\x0b\x32\x1a.ditserve.v1.StrategyField\"\xc2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x63onditioning\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".ditserve.v1.ModelInfo.LabelsEntry\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\x05 \x03(\x05\x12#\n\x06limits\x18\x06 \x01(\x0b\x32\x13.ditserve.v1.Limits\x12%\n\x04plan\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\nstrategies\x18\x08 \x03(\x0b\x32\x19.ditserve.v1.StrategyInfo\x12\r\n\x05loras\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*[\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x18\n\x14IMAGE_FORMAT_RAW_F32\x10\x02\x32\xba\x02\n\x10\x44iffusionService\x12G\n\x08Generate\x12\x1c.ditserve.v1.GenerateRequest\x1a\x1d.ditserve.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.ditserve.v1.GenerateRequest\x1a\x1a.ditserve.v1.GenerateEvent0\x01\x12M\n\nListModels\x12\x1e.ditserve.v1.ListModelsRequest\x1a\x1f.ditserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.ditserve.v1.GetModelRequest\x1a\x16.ditserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATS_SECONDSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_LABELSENTRY']._loaded_options = None
   _globals['_MODELINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=2307
-  _globals['_IMAGEFORMAT']._serialized_end=2398
+  _globals['_IMAGEFORMAT']._serialized_start=2433
+  _globals['_IMAGEFORMAT']._serialized_end=2524
   _globals['_STRATEGY']._serialized_start=74
   _globals['_STRATEGY']._serialized_end=139
   _globals['_GENERATEREQUEST']._serialized_start=142
@@ -45,33 +45,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=741
   _globals['_IMAGE']._serialized_end=844
   _globals['_STATS']._serialized_start=847
-  _globals['_STATS']._serialized_end=1095
-  _globals['_STATS_SECONDSENTRY']._serialized_start=1049
-  _globals['_STATS_SECONDSENTRY']._serialized_end=1095
-  _globals['_GENERATERESPONSE']._serialized_start=1097
-  _globals['_GENERATERESPONSE']._serialized_end=1201
-  _globals['_PROGRESS']._serialized_start=1203
-  _globals['_PROGRESS']._serialized_end=1299
-  _globals['_GENERATEEVENT']._serialized_start=1301
-  _globals['_GENERATEEVENT']._serialized_end=1417
-  _globals['_LISTMODELSREQUEST']._serialized_start=1419
-  _globals['_LISTMODELSREQUEST']._serialized_end=1438
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1440
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1500
-  _globals['_GETMODELREQUEST']._serialized_start=1502
-  _globals['_GETMODELREQUEST']._serialized_end=1533
-  _globals['_LIMITS']._serialized_start=1536
-  _globals['_LIMITS']._serialized_end=1734
-  _globals['_OVERRIDABLE']._serialized_start=1736
-  _globals['_OVERRIDABLE']._serialized_end=1781
-  _globals['_STRATEGYFIELD']._serialized_start=1783
-  _globals['_STRATEGYFIELD']._serialized_end=1861
-  _globals['_STRATEGYINFO']._serialized_start=1863
-  _globals['_STRATEGYINFO']._serialized_end=1980
-  _globals['_MODELINFO']._serialized_start=1983
-  _globals['_MODELINFO']._serialized_end=2305
-  _globals['_MODELINFO_LABELSENTRY']._serialized_start=2260
-  _globals['_MODELINFO_LABELSENTRY']._serialized_end=2305
-  _globals['_DIFFUSIONSERVICE']._serialized_start=2401
-  _globals['_DIFFUSIONSERVICE']._serialized_end=2715
+  _globals['_STATS']._serialized_end=1221
+  _globals['_STATS_SECONDSENTRY']._serialized_start=1175
+  _globals['_STATS_SECONDSENTRY']._serialized_end=1221
+  _globals['_GENERATERESPONSE']._serialized_start=1223
+  _globals['_GENERATERESPONSE']._serialized_end=1327
+  _globals['_PROGRESS']._serialized_start=1329
+  _globals['_PROGRESS']._serialized_end=1425
+  _globals['_GENERATEEVENT']._serialized_start=1427
+  _globals['_GENERATEEVENT']._serialized_end=1543
+  _globals['_LISTMODELSREQUEST']._serialized_start=1545
+  _globals['_LISTMODELSREQUEST']._serialized_end=1564
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1566
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1626
+  _globals['_GETMODELREQUEST']._serialized_start=1628
+  _globals['_GETMODELREQUEST']._serialized_end=1659
+  _globals['_LIMITS']._serialized_start=1662
+  _globals['_LIMITS']._serialized_end=1860
+  _globals['_OVERRIDABLE']._serialized_start=1862
+  _globals['_OVERRIDABLE']._serialized_end=1907
+  _globals['_STRATEGYFIELD']._serialized_start=1909
+  _globals['_STRATEGYFIELD']._serialized_end=1987
+  _globals['_STRATEGYINFO']._serialized_start=1989
+  _globals['_STRATEGYINFO']._serialized_end=2106
+  _globals['_MODELINFO']._serialized_start=2109
+  _globals['_MODELINFO']._serialized_end=2431
+  _globals['_MODELINFO_LABELSENTRY']._serialized_start=2386
+  _globals['_MODELINFO_LABELSENTRY']._serialized_end=2431
+  _globals['_DIFFUSIONSERVICE']._serialized_start=2527
+  _globals['_DIFFUSIONSERVICE']._serialized_end=2841
 # @@protoc_insertion_point(module_scope)

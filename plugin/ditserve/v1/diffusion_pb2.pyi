@@ -84,7 +84,7 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., seed: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("steps", "batch_size", "model_evaluations", "block_evaluations", "block_evaluations_full", "seconds", "resumed_from")
+    __slots__ = ("steps", "batch_size", "model_evaluations", "block_evaluations", "block_evaluations_full", "seconds", "resumed_from", "attention_evaluations", "attention_evaluations_full", "token_evaluations", "token_evaluations_full")
     class SecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,10 @@ class Stats(_message.Message):
     BLOCK_EVALUATIONS_FULL_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_EVALUATIONS_FULL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EVALUATIONS_FULL_FIELD_NUMBER: _ClassVar[int]
     steps: int
     batch_size: int
     model_evaluations: int
@@ -106,7 +110,11 @@ class Stats(_message.Message):
     block_evaluations_full: int
     seconds: _containers.ScalarMap[str, float]
     resumed_from: int
-    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., block_evaluations: _Optional[int] = ..., block_evaluations_full: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ..., resumed_from: _Optional[int] = ...) -> None: ...
+    attention_evaluations: int
+    attention_evaluations_full: int
+    token_evaluations: int
+    token_evaluations_full: int
+    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., block_evaluations: _Optional[int] = ..., block_evaluations_full: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ..., resumed_from: _Optional[int] = ..., attention_evaluations: _Optional[int] = ..., attention_evaluations_full: _Optional[int] = ..., token_evaluations: _Optional[int] = ..., token_evaluations_full: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "images", "stats")
