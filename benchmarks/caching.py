@@ -59,6 +59,7 @@ from caching_peers import (
 )
 from fidelity_judge import Judge
 
+from ditserve.caching.knobs import KNOBS, knob_value, stepped, valid
 from ditserve.config import load_config
 from ditserve.engine import Engine
 from ditserve.errors import PlanError
@@ -77,24 +78,6 @@ GRID = tuple(range(30, 43))
 """PSNRs at which fronts are compared."""
 GOAL_RANGE = (30, 40)
 
-KNOBS = {
-    "fora": "spacing",
-    "delta-dit": "interval",
-    "dbcache": "threshold",
-    "fbcache": "threshold",
-    "taylorseer": "spacing",
-    "teacache": "threshold",
-    "ab-cache": "spacing",
-    "smoothcache": "alpha",
-    "adacache": "codebook",
-    "block-caching": "threshold",
-    "learning-to-cache": None,
-    "pab": None,
-    "fastercache": None,
-}
-"""The knob each of our caches is swept on (larger is harsher for every one of them); None: its defaults only
-(attention-only caches stay under 1.3× on these 64-token models, and Learning-to-Cache under 30 dB: neither
-reaches a front, and the sweep's time goes to those that can)."""
 VARIANTS = {
     "taylorseer": ({"order": 2},),
     "ab-cache": ({"order": 1, "warmup": 3, "ends": 0.3},),
@@ -214,34 +197,11 @@ def our_specs() -> list[tuple[str, list[dict], list[dict]]]:
 
 
 def knob_specs(base: dict, knob: str | None) -> tuple[list[dict], list[dict]]:
-    value = getattr(CACHES.get(base["name"]).Config.model_validate(base), knob, None) if knob else None
-    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):  # gone, unset or odd
+    value = knob_value(base, knob)
+    if value is None:
         return [base], []
-
-    def at(scale: float) -> object:
-        if isinstance(value, list | tuple):  # AdaCache's codebook: (rate threshold, cached steps) pairs
-            return [[round(t * scale, 6), n] for t, n in value]
-        if isinstance(value, int):
-            return value + round(scale)
-        return round(value * scale, 6)
-
-    up, down = (
-        (OFFSETS if isinstance(value, int) else FACTORS),
-        (GENTLER_OFFSETS if isinstance(value, int) else GENTLER_FACTORS),
-    )
-    return valid([base] + [{**base, knob: at(f)} for f in up[1:]]), valid([{**base, knob: at(f)} for f in down])
-
-
-def valid(specs: list[dict]) -> list[dict]:
-    """The specs the cache's config accepts (a stepped knob can leave the field's bounds)."""
-    kept = []
-    for spec in specs:
-        try:
-            CACHES.parse(spec, "plan.cache")
-        except ValueError:
-            continue
-        kept.append(spec)
-    return kept
+    up, down = (OFFSETS, GENTLER_OFFSETS) if isinstance(value, int) else (FACTORS, GENTLER_FACTORS)
+    return valid([base]) + stepped(base, knob, up[1:]), stepped(base, knob, down)
 
 
 def label_of(spec: dict, default: bool) -> str:
