@@ -3,7 +3,8 @@
 A strategy's test module subclasses `CacheBattery` as `TestXxx` and sets `name`, `exact` (settings
 that compute every block) and `skipping` (settings that skip some); a cache that reuses attention
 outputs inside blocks that still run (PAB, FasterCache) sets `unit = "attention"`, and its savings are
-checked on the attention-layer count. Every check runs on tiny random
+checked on the attention-layer count; a cache that recomputes some tokens of layers inside blocks that run
+(ToCa, DuCa) sets `unit = "token"`, and they are checked on the token count. Every check runs on tiny random
 models: a 4-block DiT through the real engine (CFG batch [cond; uncond], batch > 1) — a tiny U-Net
 instead for a cache that runs on U-Nets only (`family = "unet"`) — and tiny Flux, PixArt, SD3, Wan and
 U-Net models through their family adapters. On every family a cache runs, or refuses at load
@@ -77,7 +78,7 @@ class CacheBattery:
     family: ClassVar[str] = "dit"
     """The family of the tiny checkpoint run through the real engine: "dit", or "unet" for a U-Net cache."""
     unit: ClassVar[str] = "block"
-    """What the cache saves evaluations of: whole "block"s, or "attention" layers inside blocks."""
+    """What the cache saves evaluations of: whole "block"s, "attention" layers inside blocks, or "token"s of layers."""
 
     @pytest.fixture(scope="class")
     @classmethod

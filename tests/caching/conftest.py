@@ -81,14 +81,18 @@ class FamilyLoop:
     engine counts them."""
 
     def __init__(self, family: str) -> None:
-        from ditserve.counters import AttentionCounter, BlockCounter
+        from ditserve.counters import AttentionCounter, BlockCounter, TokenCounter
         from ditserve.models import get_adapter
         from ditserve.models.base import LoadedModel
 
         transformer = FAMILIES[family]()
         self.family = family
         self.model = LoadedModel(get_adapter(family), transformer, {}, Path("."), torch.device("cpu"), torch.float32)
-        self.counters = {"block": BlockCounter(self.model), "attention": AttentionCounter(self.model)}
+        self.counters = {
+            "block": BlockCounter(self.model),
+            "attention": AttentionCounter(self.model),
+            "token": TokenCounter(self.model),
+        }
 
     def model_blocks(self, steps: int) -> int:
         """Block evaluations of `steps` uncached calls."""
@@ -128,7 +132,7 @@ class FamilyLoop:
     def run(
         self, steps: int = 10, batch: int = 2, seed: int = 0, context: bool = False, unit: str = "block"
     ) -> tuple[torch.Tensor, int]:
-        """Final sample and the evaluations of `unit` ("block" or "attention") it took. `context` sets
+        """Final sample and the evaluations of `unit` ("block", "attention" or "token") it took. `context` sets
         diffusers' cache context ("cond") for its own hooks, as its pipelines do (not every transformer has
         `cache_context`)."""
         from diffusers.hooks.hooks import CacheContext, _set_cache_context

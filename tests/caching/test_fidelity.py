@@ -11,6 +11,7 @@ check: that is what makes it a check.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import pytest
@@ -106,15 +107,23 @@ class StaleCache(BlockCache):
         return self.call == 0
 
 
+@contextlib.contextmanager
+def registered_for_test(cls: type):
+    """`cls` registered as its config's name while in the block (the registry has no public way to forget one)."""
+    name = cls.Config.model_fields["name"].default
+    CACHES.register(name)(cls)
+    try:
+        yield name
+    finally:
+        CACHES._entries.pop(name, None)
+        CACHES._origins.pop(name, None)
+
+
 @pytest.fixture
 def stale_cache():
-    """`stale-for-test` registered for this test only (the registry has no public way to forget a name)."""
-    CACHES.register("stale-for-test")(StaleCache)
-    try:
-        yield "stale-for-test"
-    finally:
-        CACHES._entries.pop("stale-for-test", None)
-        CACHES._origins.pop("stale-for-test", None)
+    """`stale-for-test` registered for this test only."""
+    with registered_for_test(StaleCache) as name:
+        yield name
 
 
 def test_a_stale_cache_fails_the_check(stale_cache, engines, references):

@@ -6,6 +6,7 @@ BUILTINS: dict[str, str] = {
     "block-caching": "ditserve.caching.blockcaching:BlockCaching",
     "dbcache": "ditserve.caching.dbcache:DBCache",
     "deepcache": "ditserve.caching.deepcache:DeepCache",
+    "duca": "ditserve.caching.duca:DuCa",
     "delta-dit": "ditserve.caching.deltadit:DeltaDiT",
     "fastercache": "ditserve.caching.fastercache:FasterCache",
     "fbcache": "ditserve.caching.fbcache:FBCache",
@@ -16,5 +17,6 @@ BUILTINS: dict[str, str] = {
     "smoothcache": "ditserve.caching.smoothcache:SmoothCache",
     "taylorseer": "ditserve.caching.taylorseer:TaylorSeer",
     "teacache": "ditserve.caching.teacache:TeaCache",
+    "toca": "ditserve.caching.toca:ToCa",
 }
 """The built-in strategies, name → "module:Class": a module is imported when its name is first looked up."""

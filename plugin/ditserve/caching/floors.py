@@ -30,6 +30,7 @@ FIDELITY_FLOORS_DB: dict[str, float] = {
     "dbcache": PROMISED_PSNR_DB,
     "deepcache": PROMISED_PSNR_DB,
     "delta-dit": PROMISED_PSNR_DB,
+    "duca": PROMISED_PSNR_DB,
     "fastercache": PROMISED_PSNR_DB,
     "fbcache": PROMISED_PSNR_DB,
     "fora": PROMISED_PSNR_DB,
@@ -38,5 +39,6 @@ FIDELITY_FLOORS_DB: dict[str, float] = {
     "smoothcache": PROMISED_PSNR_DB,
     "taylorseer": PROMISED_PSNR_DB,
     "teacache": PROMISED_PSNR_DB,
+    "toca": PROMISED_PSNR_DB,
 }
 """Cache name → the floor, in dB, of its CI fidelity check."""

@@ -1,0 +1,53 @@
+"""The cache battery for `toca`, on token counts, with both token scores; and a token cache broken on purpose
+fails the CI fidelity check."""
+
+from typing import Literal
+
+import pytest
+
+from ditserve.caching.floors import FIDELITY_FLOORS_DB
+from ditserve.caching.toca import ToCa, ToCaConfig
+
+from .battery import CacheBattery
+from .test_fidelity import engines, fidelity_problems, references, registered_for_test  # noqa: F401 (fixtures)
+
+
+class TestToCa(CacheBattery):
+    name = "toca"
+    exact = {"interval": 1}
+    skipping = {"interval": 3}
+    unit = "token"
+
+
+class TestToCaVnorm(TestToCa):
+    skipping = {"interval": 3, "score": "vnorm"}
+
+
+class StaleToCaConfig(ToCaConfig):
+    name: Literal["stale-toca-for-test"] = "stale-toca-for-test"
+
+
+class StaleToCa(ToCa):
+    """ToCa broken on purpose: its schedule never comes back to a full call after the request's first, so
+    attention outputs stay the first call's and only the picked tokens of token-wise layers move."""
+
+    Config = StaleToCaConfig
+
+    def _begin_call(self) -> None:
+        super()._begin_call()
+        if self.calls.call > 0:
+            self.mode = "partial"
+
+
+@pytest.fixture
+def stale_toca():
+    """`stale-toca-for-test` registered for this test only."""
+    with registered_for_test(StaleToCa) as name:
+        yield name
+
+
+@pytest.mark.slow
+def test_a_token_cache_that_never_refreshes_fails_the_fidelity_check(stale_toca, engines, references):  # noqa: F811
+    """The CI fidelity check (test_fidelity.py) that ToCa's defaults pass catches ToCa with a broken schedule."""
+    problems = fidelity_problems(engines, references, {"name": stale_toca}, FIDELITY_FLOORS_DB["toca"])
+    assert problems and all("under the floor" in p for p in problems), problems
