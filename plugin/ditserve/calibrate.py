@@ -44,12 +44,15 @@ FIRST_SEED = 1000
 """Calibration request k uses seed FIRST_SEED + k: every calibration of a model sees the same noise."""
 
 
-def calibration_requests(engine: Engine, samples: int, steps: int | None = None) -> list[GenerationRequest]:
+def calibration_requests(
+    engine: Engine, samples: int, steps: int | None = None, first_seed: int = FIRST_SEED
+) -> list[GenerationRequest]:
     """`samples` requests with fixed seeds, for every calibration: every class in turn for class models;
     for text models the prompts the checkpoint ships in `example_prompts.json` (digits-flow: its training
     prompts, every digit in turn), else stock prompts. Statistics of a model on prompts it never saw do
     not describe how it samples: DPM-Solver-v3 calibrated on the stock prompts reached 16 dB on
-    digits-flow at 5 steps, on its own prompts 26.5 dB (sampling/dpm_solver_v3.py)."""
+    digits-flow at 5 steps, on its own prompts 26.5 dB (sampling/dpm_solver_v3.py). `first_seed` moves the
+    seeds, for a check on noise the calibration never saw (`ditserve tune`'s held-back seeds)."""
     from ditserve.request import GenerationRequest
 
     if engine.adapter.conditioning == "class":
@@ -60,7 +63,7 @@ def calibration_requests(engine: Engine, samples: int, steps: int | None = None)
         prompts = json.loads(path.read_text()) if path.is_file() else STOCK_PROMPTS
         subjects = [{"prompt": prompts[k % len(prompts)]} for k in range(samples)]
     return [  # every run from its own noise, whatever the plan's cross-request cache (ditserve/nirvana.py)
-        GenerationRequest(**subject, seed=FIRST_SEED + k, steps=steps, approx_cache=False)
+        GenerationRequest(**subject, seed=first_seed + k, steps=steps, approx_cache=False)
         for k, subject in enumerate(subjects)
     ]
 

@@ -2,6 +2,7 @@
 
 ditserve generate --prompt seven -o seven.png
 ditserve strategies
+ditserve tune --config model.yaml --target-psnr 35 --steps 20,28,50 --out tuned.yaml
 """
 
 from __future__ import annotations
@@ -164,6 +165,25 @@ def auto_steps(config: str, sampler: str, samples: int | None, target_psnr: floa
     return {"steps": steps}
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search sampler × cache per step count for the fastest plan that keeps --target-psnr (`ditserve/tune.py`)
+    and write the tuned plans where a model config's `plan.tuned` can name them."""
+    from ditserve.config import load_config
+    from ditserve.tune import tune
+
+    config = load_config(args.config)
+    band = None if args.guidance_band is None else tuple(float(g) for g in args.guidance_band.split(","))
+    steps = [int(s) for s in args.steps.split(",")]
+    tuned = tune(config, args.target_psnr, steps, args.budget_minutes, band, args.pairs)  # type: ignore[arg-type]
+    out = Path(args.out or f"{config.model.name}-tuned.yaml")
+    out.write_text(tuned.to_yaml())
+    for plan in tuned.plans:
+        chosen = {s.name: s.model_dump(mode="json", exclude_defaults=True) for s in (plan.sampler, plan.cache)}
+        print(f"{plan.steps} steps: {json.dumps(chosen)} {json.dumps(plan.measured)}")
+    print(f"ditserve: {tuned.search['candidates']} candidates in {tuned.search['seconds']:.0f} s; wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ditserve", description="Serve diffusion transformers fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="uncached requests to observe (fixed seeds; default 8, with --sampler its own: dpm-solver-v3 32)",
     )
     cal.set_defaults(func=cmd_calibrate)
+
+    tun = sub.add_parser("tune", help="find the fastest sampler and cache per step count that keep a PSNR target")
+    tun.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
+    tun.add_argument("--target-psnr", type=float, required=True, help="mean PSNR (dB) against the plan unaccelerated")
+    tun.add_argument("--steps", default="20,28,50", help="request step counts to tune for (comma-separated)")
+    tun.add_argument("--budget-minutes", type=float, default=15.0, help="bound on the whole search's time")
+    tun.add_argument("--guidance-band", metavar="LOW,HIGH", help="guidance the plans serve (default: the model's)")
+    tun.add_argument("--pairs", type=int, default=3, help="alternating timing pairs per confirmed candidate")
+    tun.add_argument("--out", help="tuned-plans YAML for plan.tuned (default ./<model>-tuned.yaml)")
+    tun.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validat
 
 from ditserve.errors import ConfigError
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
+from ditserve.tuned import read_tuned
 from ditserve.validation import validate_model
 
 BUILTIN_PREFIX = "builtin:"
@@ -109,6 +110,10 @@ class AccelPlan(_Section):
     """Multi-process runner; `none` runs in this process."""
     approx_cache: ApproxCache = Field(default_factory=ApproxCache)
     """Starting requests part-way from earlier similar ones (off by default)."""
+    tuned: str | None = None
+    """A tuned-plans file written by `ditserve tune` (relative paths: against this YAML's folder): a request that
+    sets neither sampler nor cache runs under the tuned sampler and cache for its steps and guidance, where the
+    file has one (ditserve/tuned.py). Checked at load: it must exist, parse and be tuned for this model."""
     compile: Literal["none", "regional", "full", "graphs"] = "none"
     """`torch.compile` the transformer: `regional` (each block; block-level caches run around the compiled
     blocks), `full` (the whole transformer; with a cache it runs `regional`), `graphs` (`full` with CUDA graphs,
@@ -201,7 +206,9 @@ def parse_config(data: Any, source: Path | None = None) -> ModelConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"the config must be a mapping with `model`, `plan`, `limits`; got {type(data).__name__}"])
     config = validate_model(ModelConfig, data)
-    return config.model_copy(update={"source": source}) if source else config
+    config = config.model_copy(update={"source": source}) if source else config
+    read_tuned(config)  # a bad tuned-plans file fails at load, not at the first request
+    return config
 
 
 def load_config(path: str | Path) -> ModelConfig:

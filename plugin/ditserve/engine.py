@@ -35,6 +35,7 @@ from ditserve.nirvana import Nirvana, Recorder, Resume, scope
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
 from ditserve.sampling.base import Sampler
+from ditserve.tuned import read_tuned
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,13 @@ class Front:
         problem = cache_beside_sampler(plan.cache.name, self.sampler)
         if problem is not None:
             raise PlanError(f"plan: {problem}")
+        self.tuned = read_tuned(config)
+        """The plans `ditserve tune` found for this model per step count (`ditserve.tuned`), or None."""
+        if self.tuned is not None and self.parallel.world_size != 1:
+            raise PlanError(
+                f"plan.tuned swaps a tuned cache in per request, which plan.parallel {plan.parallel.name!r} (several "
+                "ranks) cannot: serve tuned plans with plan.parallel none"
+            )
         self.nirvana = Nirvana(plan.approx_cache, self.parallel.world_size)
         """The cross-request cache: kept runs of finished requests (`ditserve.nirvana`)."""
         self.lora_files = discover(model.path)
@@ -249,12 +257,19 @@ class Front:
         if problem is not None:
             raise RequestError("cache" if request.cache is not None else "sampler", problem)
         steps = request.steps if request.steps is not None else sampler.config.steps
+        guidance = request.guidance_scale if request.guidance_scale is not None else self.config.model.guidance_scale
+        tuned = None
+        if self.tuned is not None and request.sampler is None and request.cache is None:
+            tuned = self.tuned.pick(steps, guidance)
+        if tuned is not None:  # the tuned sampler at its own steps gives what `steps` of the plan's would
+            sampler = self._make_sampler(tuned.sampler)
+            steps = sampler.config.steps
+            cache = None if tuned.cache == self.config.plan.cache else tuned.cache
         if steps > limits.max_steps:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
         if request.num_images > limits.max_batch:
             raise RequestError("num_images", f"must be at most {limits.max_batch} (got {request.num_images})")
         height, width = self._size(request)
-        guidance = request.guidance_scale if request.guidance_scale is not None else self.config.model.guidance_scale
         if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
             raise RequestError("seed", "seed + num_images must stay below 2**63")
         edit = edit_inputs(request, steps, self.adapter.image_channels(self.model), limits.max_side)
