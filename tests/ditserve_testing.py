@@ -65,6 +65,21 @@ def save_tiny_dit(
     return path
 
 
+def save_tiny_lora(model_dir, name: str) -> None:
+    """A random rank-2 LoRA (both factors random, so it changes the output) for the tiny DiT at `model_dir`."""
+    import torch
+    from diffusers import DiTTransformer2DModel
+    from peft import LoraConfig
+
+    from ditserve.lora import LORA_DIR, peft_capable
+
+    torch.manual_seed(1)
+    model = peft_capable(DiTTransformer2DModel.from_pretrained(model_dir / "transformer"))
+    config = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v", "ff.net.2"], init_lora_weights=False)
+    model.add_adapter(config, name)
+    model.save_lora_adapter(model_dir / LORA_DIR / name, adapter_name=name)
+
+
 def tiny_unet():
     """A random class-conditional `UNet2DModel` shaped like digits-unet (its config) at a fraction of its width:
     three levels (8x8, 4x4, 2x2), attention at the second and in the middle block, 10 classes and the null class."""

@@ -4,9 +4,14 @@ name a cache scope (the runtime stamps it from the API key)."""
 
 from __future__ import annotations
 
+import base64
+import io
+
+import httpx
 import numpy as np
 import pytest
-from server_process import start_server, stop_server
+from PIL import Image
+from server_process import API_KEY, start_server, stop_server
 
 from ditserve.client import ServerError
 
@@ -55,3 +60,26 @@ def test_grpc_carries_the_opt_out_and_the_start(grpc_client):
     assert grpc_client.generate(**five, approx_cache=False)["stats"]["resumed_from"] == 0
     again = grpc_client.generate(**five)
     assert again["stats"]["resumed_from"] == STEPS // 2 and again["stats"]["model_evaluations"] == STEPS // 2
+
+
+def test_the_openai_route_carries_the_opt_out(server, rest):
+    """Seed 6 after a kept seed-5 run of the same class: the cache starts it from that run (its image is seed 5's),
+    the opt-out from its own noise (its image is seed 6's)."""
+    seven = {"class_label": 7, "steps": STEPS, "format": "raw"}
+    kept = pixels(rest.generate(**seven, seed=5))
+    own = pixels(rest.generate(**seven, seed=6, approx_cache=False))
+
+    def openai(**extra) -> np.ndarray:
+        body = {"prompt": "label7", "n": 1, "seed": 6, "steps": STEPS, **extra}
+        answer = httpx.post(
+            f"{server.url}/v1/images/generations", json=body, headers={"authorization": f"Bearer {API_KEY}"}
+        )
+        assert answer.status_code == 200, answer.text
+        png = base64.b64decode(answer.json()["data"][0]["b64_json"])
+        return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32).ravel() / 255
+
+    def near(png: np.ndarray, raw: np.ndarray) -> bool:
+        return np.abs(png - raw.reshape(-1)).max() <= 1 / 255 + 1e-6
+
+    assert near(openai(approx_cache=False), own)
+    assert near(openai(), kept) and not near(openai(approx_cache=False), kept)

@@ -8,8 +8,7 @@ import threading
 
 import httpx
 import pytest
-import torch
-from ditserve_testing import save_tiny_dit
+from ditserve_testing import save_tiny_dit, save_tiny_lora
 from server_process import API_KEY, start_server, stop_server
 
 from ditserve.client import GrpcClient, RestClient, ServerError
@@ -18,20 +17,6 @@ pytestmark = pytest.mark.e2e
 
 PLAIN = {"class_label": 3, "seed": 5, "steps": 6, "format": "raw"}
 INK = {**PLAIN, "lora": "ink"}
-
-
-def save_tiny_lora(model_dir, name: str) -> None:
-    """A random rank-2 LoRA (both factors random, so it changes the output) for the tiny DiT at `model_dir`."""
-    from diffusers import DiTTransformer2DModel
-    from peft import LoraConfig
-
-    from ditserve.lora import LORA_DIR, peft_capable
-
-    torch.manual_seed(1)
-    model = peft_capable(DiTTransformer2DModel.from_pretrained(model_dir / "transformer"))
-    config = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v", "ff.net.2"], init_lora_weights=False)
-    model.add_adapter(config, name)
-    model.save_lora_adapter(model_dir / LORA_DIR / name, adapter_name=name)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """The playground page in a real headless Chromium over the shared e2e server (a tiny class-conditional DiT,
 8×8 grey images): its controls follow the server's bounds, a generation shows every image and a full progress
 bar, compare mode times two plans and measures the PSNR between them as Python does, an edit keeps the
-unmasked pixels, and a refused request shows the server's message. The embedded text model (digits-flow) gets
-a server of its own, started in the background while the other tests run. One browser serves every test."""
+unmasked pixels, the LoRA picker offers the model's adapters, and a refused request shows the server's message.
+The embedded text model (digits-flow) gets a server of its own, started in the background while the other tests
+run. One browser serves every test."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from ditserve_testing import save_tiny_dit, save_tiny_lora
 from PIL import Image
 from server_process import API_KEY, start_server, stop_server
 
@@ -310,6 +312,37 @@ def test_a_text_model_takes_a_free_prompt_and_the_sizes_it_allows(text_server, b
     finally:
         rest.close()
     assert images == [base64.b64encode(i["data"]).decode() for i in same["images"]]
+
+
+@pytest.fixture
+def lora_server(tmp_path):
+    """A server whose tiny DiT has one adapter, `ink` (the shared server's model has none)."""
+    save_tiny_lora(save_tiny_dit(tmp_path / "tiny"), "ink")  # start_server writes the same tiny DiT again
+    current = start_server(tmp_path)
+    yield current
+    stop_server(current)
+
+
+def test_the_lora_picker_offers_the_models_adapters_and_sends_the_chosen_one(server, browser, lora_server):
+    page = open_page(browser, server, "tiny (dit, class-conditioned")
+    assert not field(page, "lora").is_displayed()  # a model without adapters shows no picker
+    page = open_page(browser, lora_server, "tiny (dit, class-conditioned")
+    adapters = [o.get_attribute("value") for o in field(page, "lora").find_elements("tag name", "option")]
+    assert adapters == ["", "ink"] and field(page, "lora").is_displayed()
+    choose(page, "label", "3")
+    for id_, value in {"steps": 6, "seed": 5, "lora-scale": 0.5}.items():
+        type_into(page, id_, value)
+    choose(page, "lora", "ink")
+    generate(page)
+    assert field(page, "error").text == ""
+    rest = RestClient(lora_server.url, API_KEY)
+    try:
+        request = {"class_label": 3, "steps": 6, "seed": 5, "height": 8, "width": 8}
+        inked, plain = rest.generate(**request, lora="ink", lora_scale=0.5), rest.generate(**request)
+    finally:
+        rest.close()
+    as_shown = [base64.b64encode(i["data"]).decode() for i in inked["images"]]
+    assert shown(page, "a") == as_shown != [base64.b64encode(i["data"]).decode() for i in plain["images"]]
 
 
 def test_a_full_queue_shows_the_429_and_what_to_do(rest, page):

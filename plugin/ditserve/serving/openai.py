@@ -4,8 +4,8 @@
 Supported: `prompt`, `n`, `size` ("WxH", within the model's limits), `response_format` "b64_json",
 `model` (the served model's name); for edits `image` (a PNG file) and `mask` (a PNG file of the image's size
 whose fully transparent pixels mark where the image is edited; without one, the image's own transparent
-pixels do). `seed`, `steps`, `guidance_scale`, `lora`, `lora_scale` (and for edits `strength`) may be added as
-extra fields.
+pixels do). `seed`, `steps`, `guidance_scale`, `lora`, `lora_scale`, `approx_cache` (and for edits `strength`)
+may be added as extra fields.
 Unsupported OpenAI fields (`quality`, `style`, "url" responses, several images, ...) are refused with a 400
 that names them.
 """
@@ -43,6 +43,9 @@ class ImagesBody(BaseModel):
     lora: str | None = Field(None, min_length=1, max_length=64)
     """A LoRA adapter of the model by name (an extra field, as `/generate` takes it)."""
     lora_scale: float | None = Field(None, ge=0, le=2)
+    approx_cache: bool = True
+    """false: this request neither starts from an earlier similar request's run nor leaves its own, where the plan
+    enables the cross-request cache (an extra field, as `/generate` and gRPC field 19 take it)."""
 
 
 class EditsBody(ImagesBody):
@@ -73,6 +76,7 @@ def to_request(body: ImagesBody) -> GenerationRequest:
         guidance_scale=body.guidance_scale,
         lora=body.lora,
         lora_scale=body.lora_scale,
+        approx_cache=body.approx_cache,
         **size_fields(body.size),
     )
 

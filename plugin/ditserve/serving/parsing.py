@@ -102,7 +102,8 @@ def decode_images(data: dict) -> dict:
 
 def from_form(items: list[tuple[str, str | bytes]], schema: type[BaseModel]) -> Any:
     """A multipart form (OpenAI's image edits) as (name, text or file bytes) pairs, checked like a JSON body:
-    each field once, files only where the schema takes bytes, numbers written as numbers (`n=2`, not `n=two`)."""
+    each field once, files only where the schema takes bytes, numbers written as numbers (`n=2`, not `n=two`),
+    booleans as `true` or `false`."""
     data: dict[str, Any] = {}
     for name, value in items:
         if name in data:
@@ -117,7 +118,11 @@ def from_form(items: list[tuple[str, str | bytes]], schema: type[BaseModel]) -> 
             raise RequestError(name, "must be sent as a file (a form part with a filename)")
         if bytes not in kinds and isinstance(value, bytes):
             raise RequestError(name, "must be a text field, not a file")
-        if isinstance(value, str) and int in kinds:
+        if isinstance(value, str) and bool in kinds:
+            if value not in ("true", "false"):
+                raise RequestError(name, f"must be true or false (got {value[:40]!r})")
+            data[name] = value == "true"
+        elif isinstance(value, str) and int in kinds:
             if not re.fullmatch(r"-?\d{1,19}", value):
                 raise RequestError(name, f"must be an integer (got {value[:40]!r})")
             data[name] = int(value)
