@@ -26,6 +26,8 @@ KNOBS: dict[str, str | None] = {
     "learning-to-cache": None,
     "pab": None,
     "fastercache": None,
+    "toca": "spacing",
+    "duca": "spacing",
 }
 """The knob each of our caches is stepped on (larger is harsher for every one of them); None: its defaults only
 (attention-only caches stay under 1.3× on these 64-token models, and Learning-to-Cache under 30 dB: neither

@@ -12,7 +12,12 @@ of two kinds:
   output token depends only on its own input token (and the text), so the layer can run on a subset;
 - mixing: self-attention and joint attention, where every output token depends on every input token. ToCa's
   final version computes no attention tokens on its partial steps (its `ToCa` branch reuses the attention
-  output whole); so do we.
+  output whole); so do we by default (`attention: reuse`). `attention: partial` runs a plain self-attention
+  layer (diffusers' `AttnProcessor2_0`: DiT, PixArt) on the picked tokens too, the partial attention the
+  ToCa code keeps as an unused branch: their queries attend to the keys and values of every token, those
+  of the picked tokens computed afresh and the others' kept from when they were last computed (hooks on
+  the layer's `to_k`/`to_v` projections hold them), so the layer costs about `fraction` of its full cost.
+  Layers with rotary embeddings or a second stream (SD3, Flux, Wan) are reused whole.
 
 Per transformer call (so per batch: both halves of the [cond; uncond] batch together) the subclass picks a
 mode. `full`: every layer computes, and the caches and scores refresh. `partial`: mixing layers return their
@@ -75,6 +80,10 @@ class TokenCacheConfig(CacheConfig):
     age_weight: float = Field(0.1, ge=0.0, le=10.0)
     """Score added per call a token went without being recomputed in that layer (ToCa's cache-frequency
     score s3), against token scores scaled to at most 1: 0 ranks by the score alone."""
+    attention: Literal["reuse", "partial"] = "reuse"
+    """Self-attention on partial calls: "reuse" its cached output whole (ToCa's final version), or "partial":
+    recompute the picked tokens' outputs against every token's keys and values, the stale ones cached (DiT and
+    PixArt; other families reuse)."""
     spread: float = Field(0.6, ge=0.0, le=10.0)
     """Bonus, as a share of its own score, for the best token of every 2×2 cell of a square token grid
     (ToCa's uniform spatial distribution s4; 0.6 is the ToCa code's); 0: none."""
@@ -106,6 +115,31 @@ class CaptureHook(ModelHook):
         return output
 
 
+class KeyValueHook(ModelHook):
+    """On a partial attention layer's key or value projection: keeps its output for every token, and on a partial
+    call puts the picked tokens' fresh rows into it and hands the attention every token's."""
+
+    def __init__(self, cache: TokenCache, slot: int, role: str) -> None:
+        super().__init__()
+        self.cache = cache
+        self.key = (slot, role)
+
+    def new_forward(self, module: nn.Module, states: torch.Tensor):
+        fresh = self.fn_ref.original_forward(states)
+        picking = self.cache.picking
+        if picking is None or picking[0] != self.key[0]:
+            self.cache.keys[self.key] = fresh
+            return fresh
+        kept = self.cache.keys[self.key]
+        kept.scatter_(1, picking[1].unsqueeze(-1).expand(-1, -1, fresh.shape[-1]), fresh)
+        return kept
+
+
+PARTIAL_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
+"""Attention processors whose queries may be fewer than their keys with nothing else to change (no rotary
+embedding, no second stream): diffusers' plain ones, of DiT and PixArt."""
+
+
 class TokenCache(CacheStrategy):
     """Base of token-wise caches: subclasses pick each call's mode (`begin_call`) and the token score."""
 
@@ -129,6 +163,16 @@ class TokenCache(CacheStrategy):
         owner = {id(m): index for index, block in enumerate(blocks) for m in block.modules()}
         self.block_of = [owner[id(layer)] for layer in layers]
         self.token_wise = [isinstance(m, FeedForward) or getattr(m, "is_cross_attention", False) for m in layers]
+        self.partial = [
+            wise
+            or (
+                self.config.attention == "partial"
+                and id(layer) in attention
+                and type(getattr(layer, "processor", None)).__name__ in PARTIAL_PROCESSORS
+            )
+            for layer, wise in zip(layers, self.token_wise, strict=True)
+        ]
+        """Slot → whether the layer runs on the picked tokens on partial calls (else it is reused whole)."""
         self.scorer: dict[int, int] = {}
         """Block → the slot of its first mixing attention layer, whose q, k, v give the block's scores."""
         for slot, layer in enumerate(layers):
@@ -137,16 +181,21 @@ class TokenCache(CacheStrategy):
                 self.scorer[block] = slot
         self.calls = DenoisingProgress(self._begin_call)
         self.reset()
+        root, name = model.transformer, self.hook_name
         for slot, layer in enumerate(layers):
-            add_hook(model.transformer, layer, LayerHook(self, slot), self.hook_name)
+            add_hook(root, layer, LayerHook(self, slot), name)
+            if self.partial[slot] and not self.token_wise[slot]:
+                for role in ("to_k", "to_v"):
+                    add_hook(root, getattr(layer, role), KeyValueHook(self, slot, role), f"{name}.kv")
             if self.scorer.get(self.block_of[slot]) == slot:
                 for role in ("to_q", "to_k") if self.score == "attention" else ("to_v",):
-                    add_hook(model.transformer, getattr(layer, role), CaptureHook(self, role), self.hook_name)
+                    add_hook(root, getattr(layer, role), CaptureHook(self, role), f"{name}.score")
         add_hook(model.transformer, model.transformer, self.calls, self.hook_name)
 
     def remove(self) -> None:
         if self.model is not None:
-            remove_hook(self.model.transformer, self.hook_name)
+            for name in (self.hook_name, f"{self.hook_name}.kv", f"{self.hook_name}.score"):
+                remove_hook(self.model.transformer, name)
 
     def reset(self) -> None:
         self.calls.reset()
@@ -161,6 +210,10 @@ class TokenCache(CacheStrategy):
         self.scores: dict[int, torch.Tensor] = {}
         """Block → (batch, tokens) token scores from its last full call, scaled to at most 1 per sample."""
         self.captured: dict[str, torch.Tensor] = {}
+        self.keys: dict[tuple[int, str], torch.Tensor] = {}
+        """(slot, "to_k" or "to_v") → a partial attention layer's keys or values of every token."""
+        self.picking: tuple[int, torch.Tensor] | None = None
+        """(slot, picked tokens) while a partial attention layer runs on the picked tokens."""
 
     # -- the schedule ---------------------------------------------------------------------------
 
@@ -194,14 +247,14 @@ class TokenCache(CacheStrategy):
         states = args[0] if args else kwargs["hidden_states"]
         cached = self.outputs.get(slot)
         stale = not isinstance(cached, torch.Tensor) or cached.shape[:2] != states.shape[:2]
-        if self.mode == "full" or cached is None or (self.token_wise[slot] and stale) or states.ndim != 3:
+        if self.mode == "full" or cached is None or (self.partial[slot] and stale) or states.ndim != 3:
             output = forward(*args, **kwargs)
             self.outputs[slot] = output
             self.ages.pop(slot, None)
             if self.scorer.get(self.block_of[slot]) == slot:
                 self._refresh_score(slot)
             return output
-        if not self.token_wise[slot]:
+        if not self.partial[slot]:
             return cached
         if self.mode == "reuse":
             self._age(slot, states)
@@ -213,7 +266,11 @@ class TokenCache(CacheStrategy):
             args = (chosen, *args[1:])
         else:
             kwargs = {**kwargs, "hidden_states": chosen}
-        fresh = forward(*args, **kwargs)
+        self.picking = (slot, picked)
+        try:
+            fresh = forward(*args, **kwargs)
+        finally:
+            self.picking = None
         cached.scatter_(1, rows.expand(-1, -1, fresh.shape[-1]), fresh.to(cached.dtype))
         self._age(slot, states).scatter_(1, picked, 0)
         return cached
