@@ -332,6 +332,8 @@ class Bench:
             sweeps = [s for s in sweeps if s.priority > 0 or s.family in self.args.families]
         if self.args.no_peers:
             sweeps = [s for s in sweeps if s.priority == 0]
+        if self.args.defaults_only:
+            sweeps = [Sweep(s.family, s.harsher[:1], priority=s.priority) for s in sweeps]
         if self.args.quick:  # the smoke run: one family of each source, a few points
             keep = {"fora", "dbcache", "teacache", "diffusers FirstBlockCache", cache_dit_families(warmup)[2].family}
             sweeps = [Sweep(s.family, s.harsher[:3], priority=s.priority) for s in sweeps if s.family in keep]
@@ -814,7 +816,7 @@ def to_markdown(report: Report, goals: list[str]) -> str:
         f"--{name.replace('_', '-')} {','.join(map(str, value))}"
         for name, value in (("models", args.models), ("steps", args.steps), ("families", args.families))
         if value and list(value) != list({"models": MODELS, "steps": STEPS}.get(name, ()))
-    ] + (["--no-peers"] if args.no_peers else [])
+    ] + [flag for flag in ("--no-peers", "--defaults-only") if report.args.get(flag[2:].replace("-", "_"))]
     lines = [
         "# Caching on the embedded models: our caches and their peers at "
         + ", ".join(map(str, sorted(args.steps)))
@@ -957,6 +959,7 @@ def main() -> None:
         help="sweep only these of our families (cache names, or a variant's label); default: all",
     )
     parser.add_argument("--no-peers", action="store_true", help="sweep our caches only (a reduced run)")
+    parser.add_argument("--defaults-only", action="store_true", help="each family's first point only (a reduced run)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps only, short sweeps, 2 pairs")
     parser.add_argument("--output", default=str(RESULTS / "caching.md"))
     parser.add_argument("--report", type=Path, help="render the results again from this run's JSON; measure nothing")

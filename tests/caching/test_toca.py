@@ -1,5 +1,6 @@
-"""The cache battery for `toca`, on token counts, with both token scores; and a token cache broken on purpose
-fails the CI fidelity check."""
+"""The cache battery for `toca`, on token counts, with self-attention reused and partial (its V-norm score runs in
+DuCa's battery); every token recomputed gives uncached output; and a token cache broken on purpose fails the CI
+fidelity check."""
 
 from typing import Literal
 
@@ -20,10 +21,6 @@ class TestToCa(CacheBattery):
     exact = {"interval": 1}
     skipping = {"interval": 3}
     unit = "token"
-
-
-class TestToCaVnorm(TestToCa):
-    skipping = {"interval": 3, "score": "vnorm"}
 
 
 class TestToCaPartialAttention(TestToCa):

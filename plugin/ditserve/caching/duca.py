@@ -19,17 +19,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from ditserve.caching.tokens import Mode, TokenCache, TokenCacheConfig
 from ditserve.registry import CACHES
 
 
 class DuCaConfig(TokenCacheConfig):
     name: Literal["duca"] = "duca"
-    spacing: float = Field(0.12, gt=0.0, le=1.0)
-    """Full calls are at least this much denoising progress (1 − t/t₀) apart; the calls between alternate
-    conservative and aggressive. Holds its fidelity at any step count."""
 
 
 @CACHES.register("duca")

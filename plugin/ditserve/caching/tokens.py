@@ -68,7 +68,7 @@ class TokenCacheConfig(CacheConfig):
 
     fraction: float = Field(0.3, gt=0.0, le=1.0)
     """Share of each token-wise layer's tokens recomputed on a partial call (ToCa's fresh ratio)."""
-    spacing: float = Field(0.1, gt=0.0, le=1.0)
+    spacing: float = Field(0.08, gt=0.0, le=1.0)
     """Full calls are at least this much denoising progress (1 − t/t₀) apart (caching/trajectory.py); the
     calls between are partial. Holds its fidelity at any step count."""
     interval: int | None = Field(None, ge=1, le=100)
