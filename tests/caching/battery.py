@@ -39,21 +39,30 @@ def engine_for(path, cache: dict, family: str = "dit"):
     return Engine(parse_config({"model": {"name": "tiny", "path": str(path), "family": family}, "plan": plan}))
 
 
-ENGINE_FIXTURES = {"dit": ("dit4_dir", "uncached"), "unet": ("unet_dir", "unet_uncached")}
+ENGINE_FIXTURES = {
+    "dit": ("dit4_dir", "uncached"),
+    "unet": ("unet_dir", "unet_uncached"),
+    "pixart": ("pixart_dir", "pixart_uncached"),
+}
 """Family run through the real engine → the fixtures of its tiny checkpoint and of its engine with no cache."""
+TEXT_FAMILIES = {"pixart"}
+"""Engine families that take prompts, not class labels (a cache that needs text, e.g. T-GATE, runs on the tiny
+PixArt engine)."""
 
 
 def request(
-    label: int = 3,
+    label: int | None = 3,
     seed: int = 1,
     num_images: int = 2,
     guidance: float = 4.0,
     steps: int = STEPS,
     cache: dict | None = None,
     sampler: dict | None = None,
+    prompt: str | None = None,
 ):
     return GenerationRequest(
         class_label=label,
+        prompt=prompt,
         seed=seed,
         num_images=num_images,
         guidance_scale=guidance,
@@ -76,7 +85,8 @@ class CacheBattery:
     refuses: ClassVar[dict[str, str]] = {"unet": "U-Net stages, not transformer blocks"}
     """Family → a regular expression the load-time refusal on that family must match."""
     family: ClassVar[str] = "dit"
-    """The family of the tiny checkpoint run through the real engine: "dit", or "unet" for a U-Net cache."""
+    """The family of the tiny checkpoint run through the real engine: "dit", "unet" for a U-Net cache, or "pixart"
+    for a cache that needs cross-attention."""
     unit: ClassVar[str] = "block"
     """What the cache saves evaluations of: whole "block"s, "attention" layers inside blocks, or "token"s of layers."""
 
@@ -90,6 +100,12 @@ class CacheBattery:
     @classmethod
     def cached(cls, checkpoint):
         return engine_for(checkpoint[0], {"name": cls.name, **cls.skipping}, cls.family)
+
+    def request(self, label: int = 3, **fields) -> GenerationRequest:
+        """The battery's request (`request`) for the engine's family: a text model gets the label as a prompt."""
+        if self.family in TEXT_FAMILIES:
+            return request(label=None, prompt=f"digit {label}", **fields)
+        return request(label=label, **fields)
 
     def loop(self, family: str, settings: dict | None) -> FamilyLoop:
         loop = FamilyLoop(family)
@@ -129,10 +145,10 @@ class CacheBattery:
     def test_computing_every_block_is_bit_identical_to_no_cache(self, checkpoint):
         path, uncached = checkpoint
         engine = engine_for(path, {"name": self.name, **self.exact}, self.family)
-        result = engine.generate(request())
+        result = engine.generate(self.request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
         assert result.stats.attention_evaluations == result.stats.attention_evaluations_full > 0
-        assert torch.equal(result.images, uncached.generate(request()).images)
+        assert torch.equal(result.images, uncached.generate(self.request()).images)
 
     @pytest.mark.parametrize("family", list(FAMILIES))
     def test_computing_every_block_is_bit_identical_on(self, family):
@@ -148,7 +164,7 @@ class CacheBattery:
 
     def test_skipping_settings_skip_blocks_with_cfg_and_a_batch(self, cached):
         for guidance in (4.0, 1.0):  # with and without the [cond; uncond] batch
-            result = cached.generate(request(num_images=3, guidance=guidance))
+            result = cached.generate(self.request(num_images=3, guidance=guidance))
             assert result.images.shape[0] == 3 and torch.isfinite(result.images).all()
             done, full = self.evaluations(result.stats)
             assert 0 < done < full
@@ -166,14 +182,14 @@ class CacheBattery:
     # -- state ---------------------------------------------------------------------------------------
 
     def test_a_request_does_not_change_the_next(self, cached):
-        alone = cached.generate(request(label=5, seed=9))
-        cached.generate(request(label=1, seed=2, num_images=1, steps=STEPS - 3))
-        after = cached.generate(request(label=5, seed=9))
+        alone = cached.generate(self.request(label=5, seed=9))
+        cached.generate(self.request(label=1, seed=2, num_images=1, steps=STEPS - 3))
+        after = cached.generate(self.request(label=5, seed=9))
         assert torch.equal(after.images, alone.images)
         assert self.evaluations(after.stats) == self.evaluations(alone.stats)
 
     def test_a_cancelled_request_leaves_nothing_behind(self, cached):
-        alone = cached.generate(request(label=5, seed=9))
+        alone = cached.generate(self.request(label=5, seed=9))
         stop = threading.Event()
 
         def cancel_at_step_3(event):
@@ -181,17 +197,17 @@ class CacheBattery:
                 stop.set()
 
         with pytest.raises(Cancelled):
-            cached.generate(request(label=1, seed=2), on_progress=cancel_at_step_3, cancel=stop)
-        assert torch.equal(cached.generate(request(label=5, seed=9)).images, alone.images)
+            cached.generate(self.request(label=1, seed=2), on_progress=cancel_at_step_3, cancel=stop)
+        assert torch.equal(cached.generate(self.request(label=5, seed=9)).images, alone.images)
 
     def test_remove_restores_the_model(self, checkpoint):
         path, uncached = checkpoint
         engine = engine_for(path, {"name": self.name, **self.skipping}, self.family)
         engine.cache.remove()
-        result = engine.generate(request())
+        result = engine.generate(self.request())
         assert result.stats.block_evaluations == result.stats.block_evaluations_full
         assert result.stats.attention_evaluations == result.stats.attention_evaluations_full
-        assert torch.equal(result.images, uncached.generate(request()).images)
+        assert torch.equal(result.images, uncached.generate(self.request()).images)
 
 
 def every_cache_settings() -> dict[str, dict]:

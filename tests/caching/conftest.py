@@ -11,6 +11,7 @@ from ditserve_testing import (
     save_tiny_dit,
     save_tiny_unet,
     tiny_flux_transformer,
+    tiny_pixart_pipeline,
     tiny_pixart_transformer,
     tiny_sd3_transformer,
     tiny_unet,
@@ -49,6 +50,24 @@ def unet_uncached(unet_dir):
     from .battery import engine_for
 
     return engine_for(unet_dir, {"name": "none"}, family="unet")
+
+
+@pytest.fixture(scope="session")
+def pixart_dir(tmp_path_factory):
+    """A random 2-block PixArt-α pipeline (T5 encoder, VAE, 8x8 latents) saved as a checkpoint: the text model of
+    caches that need cross-attention."""
+    path = tmp_path_factory.mktemp("pixart")
+    torch.manual_seed(0)
+    tiny_pixart_pipeline(sample_size=8).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pixart_uncached(pixart_dir):
+    """The tiny PixArt's engine with no cache."""
+    from .battery import engine_for
+
+    return engine_for(pixart_dir, {"name": "none"}, family="pixart")
 
 
 def tiny_flux():

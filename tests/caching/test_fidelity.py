@@ -77,7 +77,8 @@ def fidelity_problems(engines, references, cache: dict, floor: float) -> list[st
             where = f"{cache['name']} on {model} at {steps} steps"
             if not mean >= floor:
                 problems.append(f"{where}: mean PSNR {mean:.1f} dB is under the floor {floor} dB")
-            if not stats.attention_evaluations < stats.attention_evaluations_full:  # a skipped block skips its layers
+            counts = getattr(CACHES.get(cache["name"]), "saves_evaluations", True)  # ICC: multiply-adds, not calls
+            if counts and not stats.attention_evaluations < stats.attention_evaluations_full:  # skipped blocks too
                 problems.append(f"{where}: computed every block and attention layer (skips nothing)")
     return problems
 

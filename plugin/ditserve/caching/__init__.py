@@ -17,6 +17,7 @@ BUILTINS: dict[str, str] = {
     "smoothcache": "ditserve.caching.smoothcache:SmoothCache",
     "taylorseer": "ditserve.caching.taylorseer:TaylorSeer",
     "teacache": "ditserve.caching.teacache:TeaCache",
+    "tgate": "ditserve.caching.tgate:TGate",
     "toca": "ditserve.caching.toca:ToCa",
 }
 """The built-in strategies, name → "module:Class": a module is imported when its name is first looked up."""

@@ -34,11 +34,14 @@ FIDELITY_FLOORS_DB: dict[str, float] = {
     "fastercache": PROMISED_PSNR_DB,
     "fbcache": PROMISED_PSNR_DB,
     "fora": PROMISED_PSNR_DB,
+    "icc": PROMISED_PSNR_DB,
     "learning-to-cache": PROMISED_PSNR_DB,
+    "magcache": PROMISED_PSNR_DB,
     "pab": PROMISED_PSNR_DB,
     "smoothcache": PROMISED_PSNR_DB,
     "taylorseer": PROMISED_PSNR_DB,
     "teacache": PROMISED_PSNR_DB,
+    "tgate": PROMISED_PSNR_DB,
     "toca": PROMISED_PSNR_DB,
 }
 """Cache name → the floor, in dB, of its CI fidelity check."""
