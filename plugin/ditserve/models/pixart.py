@@ -1,4 +1,5 @@
-"""The `pixart` family: PixArt-α and PixArt-Σ (`PixArtTransformer2DModel`), T5-conditioned, in VAE latent space.
+"""The `pixart` family: PixArt-α and PixArt-Σ (`PixArtTransformer2DModel`), T5-conditioned, in VAE latent space
+or, saved without a VAE, in pixel space (the embedded digits-scenes model).
 
 What differs: the T5 embeddings come with their attention mask, which the transformer needs
 (`encoder_attention_mask`); PixArt-α's 1024 px checkpoints (`sample_size` 128) also take the image's
@@ -15,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, vae_mean
-from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
+from ditserve.models.base import BlockGroup, Conditioning, LoadedModel
+from ditserve.models.text import LatentOrPixelAdapter, batch_timestep, call_default, distinct, load_pipeline, loaded
 
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
 
-class PixArtAdapter(FamilyAdapter):
+class PixArtAdapter(LatentOrPixelAdapter):
     """PixArt-α / PixArt-Σ text-to-image (Chen et al., 2023, 2024) as diffusers implements them."""
 
     family = "pixart"
@@ -34,15 +35,8 @@ class PixArtAdapter(FamilyAdapter):
         return [BlockGroup("transformer_blocks", transformer.transformer_blocks)]
 
     def default_size(self, model: LoadedModel) -> tuple[int, int]:
-        side = model.transformer.config.sample_size * model.components["pipeline"].vae_scale_factor
+        side = model.transformer.config.sample_size * self.vae_factor(model)
         return side, side
-
-    def size_multiple(self, model: LoadedModel) -> int:
-        return model.transformer.config.patch_size * model.components["pipeline"].vae_scale_factor
-
-    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
-        factor = model.components["pipeline"].vae_scale_factor
-        return model.transformer.config.in_channels, height // factor, width // factor
 
     def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
         from diffusers.utils import is_bs4_available, is_ftfy_available
@@ -70,7 +64,7 @@ class PixArtAdapter(FamilyAdapter):
         pipe = model.components["pipeline"]
         if type(pipe).__name__ != "PixArtAlphaPipeline" or model.transformer.config.sample_size != 128:
             return {"resolution": None, "aspect_ratio": None}
-        height, width = x.shape[-2] * pipe.vae_scale_factor, x.shape[-1] * pipe.vae_scale_factor
+        height, width = x.shape[-2] * self.vae_factor(model), x.shape[-1] * self.vae_factor(model)
         batch = x.shape[0]
         resolution = torch.tensor([height, width]).repeat(batch, 1).to(dtype=dtype, device=x.device)
         aspect_ratio = torch.tensor([float(height / width)]).repeat(batch, 1).to(dtype=dtype, device=x.device)
@@ -90,11 +84,3 @@ class PixArtAdapter(FamilyAdapter):
         if config.out_channels // 2 == config.in_channels:  # learned variance: keep the noise half
             out = out.chunk(2, dim=1)[0]
         return out
-
-    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        vae = model.components["vae"]
-        return vae_mean(vae, images) * vae.config.scaling_factor
-
-    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-        vae = model.components["vae"]
-        return vae.decode(x.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()

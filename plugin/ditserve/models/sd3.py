@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, vae_mean
-from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
+from ditserve.models.base import BlockGroup, Conditioning, LoadedModel
+from ditserve.models.text import LatentOrPixelAdapter, batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
-class SD3Adapter(FamilyAdapter):
+class SD3Adapter(LatentOrPixelAdapter):
     """Stable Diffusion 3 (Esser et al., 2024), the MMDiT, as diffusers implements it."""
 
     family = "sd3"
@@ -33,21 +33,9 @@ class SD3Adapter(FamilyAdapter):
     def block_groups(self, transformer: nn.Module) -> list[BlockGroup]:
         return [BlockGroup("transformer_blocks", transformer.transformer_blocks)]
 
-    def _vae_factor(self, model: LoadedModel) -> int:
-        """Pixels per latent side: the pipeline's VAE factor, 1 in pixel space (the pipeline would say 8)."""
-        pipe = model.components["pipeline"]
-        return pipe.vae_scale_factor if pipe.vae is not None else 1
-
     def default_size(self, model: LoadedModel) -> tuple[int, int]:
-        side = model.components["pipeline"].default_sample_size * self._vae_factor(model)
+        side = model.components["pipeline"].default_sample_size * self.vae_factor(model)
         return side, side
-
-    def size_multiple(self, model: LoadedModel) -> int:
-        return model.transformer.config.patch_size * self._vae_factor(model)
-
-    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
-        factor = self._vae_factor(model)
-        return model.transformer.config.in_channels, height // factor, width // factor
 
     def schedule_kwargs(
         self, model: LoadedModel, latent_shape: tuple[int, ...], steps: int | None = None
@@ -94,16 +82,3 @@ class SD3Adapter(FamilyAdapter):
             pooled_projections=kwargs["pooled_projections"],
             return_dict=False,
         )[0]
-
-    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        vae = model.components["vae"]
-        if vae is None:
-            return images.to(model.dtype)
-        return (vae_mean(vae, images) - vae.config.shift_factor) * vae.config.scaling_factor
-
-    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-        vae = model.components["vae"]
-        if vae is None:
-            return x.float()
-        latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        return vae.decode(latents, return_dict=False)[0].float()

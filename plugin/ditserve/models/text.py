@@ -1,4 +1,4 @@
-"""What the text-conditioned families (pixart, sd3, flux, wan) share.
+"""What the text-conditioned families (pixart, sd3, flux, wan) share, and what pixart and sd3 share besides.
 
 Each loads a whole diffusers pipeline from its local directory and keeps it, so that prompts are
 encoded by the pipeline's own `encode_prompt` (its tokenizers, truncation, padding and pooling) and
@@ -18,10 +18,47 @@ from typing import Any
 import torch
 
 from ditserve.errors import PlanError
-from ditserve.models.base import FamilyAdapter, LoadedModel, load_component, read_json
+from ditserve.models.base import FamilyAdapter, LoadedModel, load_component, read_json, vae_mean
 
 CALL_DEFAULTS_FILE = "call_defaults.json"
 """Optional file beside model_index.json: `__call__` defaults the checkpoint needs other than the pipeline's."""
+
+
+class LatentOrPixelAdapter(FamilyAdapter):
+    """Sizes, `encode` and `decode` for a family whose pipeline may be saved without its VAE (sd3, pixart).
+
+    With a VAE the transformer works on its latents, scaled and shifted as the VAE's config says (SD3's
+    VAE has a `shift_factor`, PixArt's none); saved without one (the embedded digits-flow and
+    digits-scenes) it works on pixels, where the pipeline would still claim a factor of 8."""
+
+    def vae_factor(self, model: LoadedModel) -> int:
+        """Pixels per latent side: the pipeline's VAE factor, 1 in pixel space."""
+        pipe = model.components["pipeline"]
+        return pipe.vae_scale_factor if pipe.vae is not None else 1
+
+    def size_multiple(self, model: LoadedModel) -> int:
+        return model.transformer.config.patch_size * self.vae_factor(model)
+
+    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
+        factor = self.vae_factor(model)
+        return model.transformer.config.in_channels, height // factor, width // factor
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        if vae is None:
+            return images.to(model.dtype)
+        return (vae_mean(vae, images) - _shift(vae)) * vae.config.scaling_factor
+
+    def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        vae = model.components["vae"]
+        if vae is None:
+            return x.float()
+        latents = x.to(vae.dtype) / vae.config.scaling_factor + _shift(vae)
+        return vae.decode(latents, return_dict=False)[0].float()
+
+
+def _shift(vae) -> float:
+    return getattr(vae.config, "shift_factor", None) or 0.0
 
 
 def load_pipeline(adapter: FamilyAdapter, path: Path, classes: tuple[str, ...], dtype: torch.dtype, device):

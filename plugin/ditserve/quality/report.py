@@ -58,14 +58,11 @@ def measure(engine, per_class: int = 50, steps: int | None = 50, guidance: float
     images, labels = generate_per_class(engine, per_class, steps, guidance, seed)
     seconds = time.perf_counter() - started
     classifier = load_classifier()
-    split = load_split()
+    signed = images * 2 - 1
     with torch.no_grad():
-        signed = images * 2 - 1
         predicted = classifier(signed).argmax(dim=1)
-        generated = classifier.features(signed)
-        held_out = classifier.features(split.held_out_images)
-        train = classifier.features(split.train_images)
     correct = predicted == labels
+    frechet, floor = frechet_to_held_out(classifier, signed)
     report = BaselineReport(
         model=engine.config.model.name,
         sampler=engine.config.plan.sampler.name,
@@ -74,11 +71,21 @@ def measure(engine, per_class: int = 50, steps: int | None = 50, guidance: float
         samples=len(labels),
         accuracy=correct.float().mean().item(),
         per_class_accuracy=[correct[labels == c].float().mean().item() for c in range(len(CLASS_NAMES))],
-        frechet_to_held_out=frechet_distance(generated, held_out),
-        frechet_floor_train_vs_held_out=frechet_distance(train, held_out),
+        frechet_to_held_out=frechet,
+        frechet_floor_train_vs_held_out=floor,
         seconds=seconds,
     )
     return report, images, labels
+
+
+@torch.no_grad()
+def frechet_to_held_out(classifier, digits: torch.Tensor) -> tuple[float, float]:
+    """The Fréchet distance of `digits`' classifier features ((N, 1, 16, 16) in [-1, 1]) to the held-out digits',
+    and the floor: the real training split's distance to them."""
+    split = load_split()
+    held_out = classifier.features(split.held_out_images)
+    floor = frechet_distance(classifier.features(split.train_images), held_out)
+    return frechet_distance(classifier.features(digits), held_out), floor
 
 
 def to_markdown(report: BaselineReport) -> str:

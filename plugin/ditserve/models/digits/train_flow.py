@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
 
-from ditserve.calibrate import EXAMPLE_PROMPTS_FILE
 from ditserve.models.digits.data import IMAGE_SIDE, load_split
 from ditserve.models.digits.prompts import (
     MAX_TOKENS,
@@ -36,8 +34,7 @@ from ditserve.models.digits.prompts import (
     prompt_for,
     sample_prompts,
 )
-from ditserve.models.digits.training import fit, parse_args, repeatable
-from ditserve.models.text import CALL_DEFAULTS_FILE
+from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
 TEXT_WIDTH = 64
@@ -156,18 +153,8 @@ def train(args: argparse.Namespace) -> dict:
         return held_out_loss(ema_pipe, split.held_out_images, split.held_out_labels, args.seed)
 
     record = fit(args, modules, ema, batch_loss, held_out, split.train_images.shape[0], "prompt")
-    save(ema_pipe, Path(args.out), record)
+    save_pipeline(ema_pipe, Path(args.out), record, CALL_DEFAULTS, example_prompts())
     return record
-
-
-def save(pipe: StableDiffusion3Pipeline, out: Path, record: dict) -> None:
-    """Write the pipeline in diffusers' layout, the call defaults it needs, the training record and the
-    prompts calibration uses."""
-    out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out, safe_serialization=True)
-    (out / CALL_DEFAULTS_FILE).write_text(json.dumps(CALL_DEFAULTS, indent=1) + "\n")
-    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / EXAMPLE_PROMPTS_FILE).write_text(json.dumps(example_prompts(), indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

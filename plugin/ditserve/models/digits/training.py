@@ -1,15 +1,18 @@
-"""What the two digits training scripts share: the training loop (`fit`) with its learning-rate schedule,
+"""What the digits training scripts share: the training loop (`fit`) with its learning-rate schedule,
 optimizer step with gradient clipping, the EMA of the weights that gets shipped and the progress log;
-the command-line options and the training record. The scripts differ only in the model and its loss
-(`train.py`: DDPM epsilon loss on a DiT; `train_flow.py`: rectified-flow velocity loss on an MMDiT with
-text encoders)."""
+the command-line options and the training record; how a text model's pipeline is saved. The scripts
+differ only in the model and its loss (`train.py`: DDPM epsilon loss on a DiT; `train_flow.py`:
+rectified-flow velocity loss on an MMDiT with text encoders; `train_scenes.py`: epsilon loss on PixArt
+with a T5 encoder)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -123,3 +126,16 @@ def training_record(args: argparse.Namespace, dropout: str, train_images: int, s
         "final_held_out_loss": log[-1]["held_out_loss"],
         "log": log,
     }
+
+
+def save_pipeline(pipe, out: Path, record: dict, call_defaults: dict, example_prompts: list[str]) -> None:
+    """Write a text model's pipeline in diffusers' layout, the call defaults it needs (models/text.py), the training
+    record and the prompts calibration uses (calibrate.py)."""
+    from ditserve.calibrate import EXAMPLE_PROMPTS_FILE
+    from ditserve.models.text import CALL_DEFAULTS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / CALL_DEFAULTS_FILE).write_text(json.dumps(call_defaults, indent=1) + "\n")
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / EXAMPLE_PROMPTS_FILE).write_text(json.dumps(example_prompts, indent=1) + "\n")
