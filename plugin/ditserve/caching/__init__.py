@@ -12,6 +12,7 @@ BUILTINS: dict[str, str] = {
     "fbcache": "ditserve.caching.fbcache:FBCache",
     "fora": "ditserve.caching.fora:Fora",
     "learning-to-cache": "ditserve.caching.learningtocache:LearningToCache",
+    "magcache": "ditserve.caching.magcache:MagCache",
     "none": "ditserve.caching.none:NoCache",
     "pab": "ditserve.caching.pab:PAB",
     "smoothcache": "ditserve.caching.smoothcache:SmoothCache",
