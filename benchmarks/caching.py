@@ -86,10 +86,11 @@ FLOP_BAND = (0.30, 0.35, 0.40)
 VARIANTS = {
     "taylorseer": ({"order": 2},),
     "ab-cache": ({"order": 1, "warmup": 3, "ends": 0.3},),
-    "toca": ({"spacing": 0.06, "fraction": 0.15}, {"score": "vnorm"}),
+    "toca": ({"spacing": 0.06, "fraction": 0.15}, {"attention": "partial", "fraction": 0.15}),
 }
 """Further families of our caches, swept on the same knob: settings other than the defaults that a user may
-choose (AB-Cache at order 1 with full steps denser at both ends of the trajectory is its best at 50 steps)."""
+choose (AB-Cache at order 1 with full steps denser at both ends of the trajectory is its best at 50 steps; ToCa
+with denser full calls and fewer tokens between them, and with self-attention recomputed for its picked tokens)."""
 FACTORS, GENTLER_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0), (0.5,)
 OFFSETS, GENTLER_OFFSETS = (0, 1, 2, 3), (-1,)
 """Sweep points: the default times each factor (float knobs; an AdaCache codebook's thresholds), or plus each
@@ -603,7 +604,11 @@ def token_goal_rows(rows: list[Row], accuracy: float) -> list[Row]:
     picks = [best_at([r for r in rows if side(r)], FLOP_BAND[-1]) for side in (token_level, block_level)]
     good = [r for r in rows if r.psnr >= 33 and r.accuracy >= accuracy - 0.01]
     picks += [min(good, key=lambda r: r.flop_ratio, default=None)] + fastest(good)
-    return [r for r in dict.fromkeys(picks) if r is not None]
+    unique: list[Row] = []
+    for row in picks:
+        if row is not None and all(row is not kept for kept in unique):
+            unique.append(row)
+    return unique
 
 
 def token_goal_lines(rows: list[Row], settings: dict) -> list[str]:
