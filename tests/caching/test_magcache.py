@@ -25,7 +25,7 @@ def test_the_wrapper_gives_diffusers_output(family):
     retention, 2.5 steps, falls between calls: the loop's progress comes from float32 timesteps, a hair off k/10.)"""
     from diffusers.hooks import MagCacheConfig, apply_mag_cache
 
-    ratios = [1.0, 1.3, 1.01, 0.99, 1.02, 1.0, 0.98, 1.01, 1.0, 0.97]
+    ratios = [1.0, 1.3, 1.01, 0.93, 1.02, 1.0, 0.9, 1.01, 1.0, 0.97]  # calls 3 and 6 exceed the threshold
     settings = {"ratios": ratios, "progress": [k / STEPS for k in range(STEPS)], "threshold": 0.05}
     ours = TestMagCache().loop(family, {**settings, "retention": 0.25, "max_skip_steps": 2})
     library, _ = library_loop(family)

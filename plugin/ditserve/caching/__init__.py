@@ -11,6 +11,7 @@ BUILTINS: dict[str, str] = {
     "fastercache": "ditserve.caching.fastercache:FasterCache",
     "fbcache": "ditserve.caching.fbcache:FBCache",
     "fora": "ditserve.caching.fora:Fora",
+    "icc": "ditserve.caching.icc:ICC",
     "learning-to-cache": "ditserve.caching.learningtocache:LearningToCache",
     "magcache": "ditserve.caching.magcache:MagCache",
     "none": "ditserve.caching.none:NoCache",
