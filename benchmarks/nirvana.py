@@ -150,13 +150,15 @@ def markdown(r: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Put `section` in place of this file's Nirvana section (up to the next `## ` heading), or append it."""
+    """Put `section` in place of the section with its heading (its first line, up to the next `## ` heading), or
+    append it: each benchmark of smart.md rewrites its own section only."""
+    heading = section.split("\n", 1)[0]
     text = path.read_text() if path.exists() else "# Smarter requests\n\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
     path.write_text(text)
 
