@@ -452,8 +452,9 @@ class Bench:
             tiers[0] += mark(token_goal_rows(ours, setting["accuracy"]), "token-level goal candidate")
             tiers[3] += mark([r for r in ours if r.default], "defaults")
         planned: list[Row] = []
-        for tier in tiers:
-            planned += [r for r in tier if r not in planned]
+        for row in (r for tier in tiers for r in tier):
+            if all(row is not kept for kept in planned):  # a row may be marked in more than one tier
+                planned.append(row)
         return planned
 
     def time_rows(self) -> None:
