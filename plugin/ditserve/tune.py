@@ -12,8 +12,9 @@ example prompts, in turn; fixed seeds):
 1. Samplers, uncached: the plan's sampler and the ODE solvers that need no calibration (`FAST_SAMPLERS`), each
    at `STEP_FRACTIONS` of N, fewest steps first, until two settings beat the target by `CACHE_ROOM_DB` (more
    steps would only cost more). A sampler skips steps where a cache skips blocks inside a step, and the two
-   savings multiply; each sampler setting that meets the target is a candidate, and those with the room, fewest steps first (at most `MAX_BASES`), are bases for the caches,
-   besides the plan's sampler at N (the setting a hand-set cache runs at).
+   savings multiply; each sampler setting that meets the target is a candidate, and those with the room, fewest
+   steps first (at most `MAX_BASES`), are bases for the caches, besides the plan's sampler at N (the setting a
+   hand-set cache runs at).
 2. Caches on each base, cheapest base first: every cache of the knob table (ditserve/caching/knobs.py) from its
    documented defaults, its knob stepped harsher (`HARSHER`) until PSNR falls under the target; one gentler
    step when the defaults already miss it. Pruned by count ratio (transformer blocks evaluated, against the
@@ -299,13 +300,20 @@ def promising(climbs: dict[str, list[Candidate]], target: float) -> set[str]:
 
 
 def pareto(candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates no other beats on both count ratio (lower) and PSNR (higher)."""
+    """The candidates no other beats on both count ratio (lower) and PSNR (higher), one of each tie: settings that
+    differ only where they make no difference (two spacings that round to one schedule at few steps) measure the
+    same, and confirming both would spend a confirmation on one plan."""
 
     def beats(o: Candidate, c: Candidate) -> bool:
         at_least = o.count_ratio <= c.count_ratio and o.psnr >= c.psnr
         return at_least and (o.count_ratio, o.psnr) != (c.count_ratio, c.psnr)
 
-    return [c for c in candidates if not any(beats(o, c) for o in candidates)]
+    front: list[Candidate] = []
+    for c in candidates:
+        tie = any((o.count_ratio, o.psnr) == (c.count_ratio, c.psnr) for o in front)
+        if not tie and not any(beats(o, c) for o in candidates):
+            front.append(c)
+    return front
 
 
 class DigitsJudge:
