@@ -48,7 +48,7 @@ def held_back_psnr(served: Engine, plain: Engine, steps: int) -> float:
 
 
 def test_the_tuners_plan_meets_its_target_on_held_back_seeds_as_served(tmp_path):
-    tuned = tune(BASE, target_psnr=32.0, steps=[20], budget_minutes=0.4, pairs=1)
+    tuned = tune(BASE, target_psnr=32.0, steps=[20], budget_minutes=0.6, pairs=1)  # ~20 s of search on 2 quiet cores
     (plan,) = tuned.plans
     assert plan.measured["psnr"] >= 32.0 and plan.measured["count_ratio"] < 1.0
     assert tuned.search["candidates"] >= 1 and tuned.search["seconds"] > 0  # the cost is reported
