@@ -23,7 +23,10 @@ def test_it_refuses_a_model_without_cross_attention(dit4_dir):
 
     from ditserve.errors import PlanError
 
-    with pytest.raises(PlanError, match="cache 'tgate' caches cross-attention, and this dit transformer has none"):
+    with pytest.raises(
+        PlanError,
+        match="cache 'tgate' runs on models with cross-attention only, and this dit family transformer has none",
+    ):
         engine_for(dit4_dir, {"name": "tgate"})
 
 

@@ -137,9 +137,9 @@ class TGate(CacheStrategy):
         cross = {name for name, layer in layers.items() if getattr(layer, "is_cross_attention", False)}
         if model.adapter.family != "unet" and not cross:
             raise PlanError(
-                f"cache 'tgate' caches cross-attention, and this {model.adapter.family} transformer has none (its "
-                "text, if any, joins the image tokens in one attention, as in MMDiT, or it has no text): pick a "
-                "block-level cache (e.g. fora) or 'pab' in plan.cache"
+                f"cache 'tgate' runs on models with cross-attention only, and this {model.adapter.family} family "
+                "transformer has none (its text, if any, joins the image tokens in one attention, as in MMDiT, or "
+                "it has no text): pick a block-level cache (e.g. fora) or 'pab' in plan.cache"
             )
         self.require_family(model)
         self.transformer = model.transformer
