@@ -411,17 +411,17 @@ class Bench:
         del engine
         blocks = stats.block_evaluations / stats.block_evaluations_full
         attention = stats.attention_evaluations / stats.attention_evaluations_full
+        tokens = stats.token_evaluations / max(stats.token_evaluations_full, 1)  # 0 / 0 for a peer's counterless run
         default = point.label.endswith("(defaults)")
-        if (blocks, attention) == (1.0, 1.0):  # a gentle point of ours at few steps, or a peer that did nothing
+        if (blocks, attention) == (1.0, 1.0) and tokens in (0.0, 1.0):  # a gentle point, or a peer that did nothing
             if point.source != "ditserve" or default:
                 self.refusals.append(
-                    f"{model}, {steps} steps: {point.label} skipped nothing (every block and attention layer "
-                    "computed): left out of the tables"
+                    f"{model}, {steps} steps: {point.label} skipped nothing (every block, attention layer and "
+                    "token computed): left out of the tables"
                 )
             print(f"  {point.label}: skipped nothing", flush=True)
             return True
         fidelity = setting["judge"](images)
-        tokens = stats.token_evaluations / max(stats.token_evaluations_full, 1)
         row = Row(model, steps, point.label, point.source, point.family, blocks, attention, **fidelity,
                   sweep_seconds=seconds, default=default, spec=point.spec,
                   flop_ratio=flops.get_total_flops() / setting["flops"], token_ratio=tokens)  # fmt: skip
