@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 EXTRAS ?= serve,dev,bench
 comma := ,
 
-.PHONY: setup serve test test-unit test-all lint format bench train clean proto browser bento
+.PHONY: setup serve serve-scenes test test-unit test-all lint format bench train clean proto browser bento
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ setup: $(VENV)/.installed  ## create the venv and install ditserve with its extr
 serve: setup  ## set up, then serve the embedded digits model: REST + playground on :3000, gRPC on :50051 (127.0.0.1)
 	$(BIN)/ditserve serve --config bentos/digits/model.yaml --host 127.0.0.1 --port 3000 --grpc-port 50051
 
+serve-scenes: setup  ## serve the embedded digit-scenes model (text → a 2×2 scene of digits) on the same ports
+	$(BIN)/ditserve serve --config bentos/digits-scenes/model.yaml --host 127.0.0.1 --port 3000 --grpc-port 50051
+
 proto: setup  ## regenerate the gRPC stubs in plugin/ditserve/v1/ from proto/ (a test fails when they are stale)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=plugin --pyi_out=plugin --grpc_python_out=plugin \
 		proto/ditserve/v1/diffusion.proto
@@ -38,9 +41,10 @@ browser:  ## headless Chromium for the playground test (Debian packages; needs r
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-bento: setup  ## build the deployable Bento for the digits model (bentoml locks its requirements with uv)
+BENTO ?= digits
+bento: setup  ## build the deployable Bento bentos/$(BENTO) (BENTO=digits-scenes: the scenes model; bentoml locks its requirements with uv)
 	$(BIN)/python -m pip wheel -q --no-deps -w dist .
-	$(BIN)/bentoml build -f bentos/digits/bentofile.yaml .
+	$(BIN)/bentoml build -f bentos/$(BENTO)/bentofile.yaml .
 
 test: setup browser  ## set up (venv + test browser), then run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
@@ -64,12 +68,13 @@ bench: setup  ## the measurements behind benchmarks/results/
 	$(BIN)/python benchmarks/quantization.py
 	$(BIN)/python benchmarks/serving.py
 
-train: setup  ## retrain the embedded models (about an hour on 2 cores)
+train: setup  ## retrain the embedded models (about two hours on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier
 	$(BIN)/python -m ditserve.models.digits.train
 	$(BIN)/python -m ditserve.models.digits.train_lora  # digits-dit's "bold" adapter, on the weights just trained
 	$(BIN)/python -m ditserve.models.digits.train_flow
 	$(BIN)/python -m ditserve.models.digits.train_unet
+	$(BIN)/python -m ditserve.models.digits.train_scenes
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

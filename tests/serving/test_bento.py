@@ -16,7 +16,7 @@ import yaml
 from ditserve_testing import wait_ready
 
 ROOT = Path(__file__).parents[2]
-BENTOS = {"digits": ROOT / "bentos/digits/bentofile.yaml", "digits-gpu": ROOT / "bentos/digits-gpu/bentofile.yaml"}
+BENTOS = {name: ROOT / f"bentos/{name}/bentofile.yaml" for name in ("digits", "digits-gpu", "digits-scenes")}
 GRPC_PORT = "50051"
 
 
@@ -133,3 +133,12 @@ def test_the_built_bento_serves_rest_and_grpc_with_the_containers_environment(tm
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_the_scenes_bento_serves_the_scenes_model_within_its_own_limits():
+    """Its own model and limits (32×32 scenes), and the same config as `builtin:digits-scenes` otherwise."""
+    from ditserve.config import load_config
+
+    served, shipped = load_config(ROOT / "bentos/digits-scenes/model.yaml"), load_config("builtin:digits-scenes")
+    assert served.model == shipped.model and served.plan == shipped.plan
+    assert served.model.family == "pixart" and served.limits.max_side == 32

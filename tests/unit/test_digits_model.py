@@ -44,8 +44,12 @@ def train(tmp_path, module: str, subfolder: str, seed: int, name: str) -> dict[s
 
 @pytest.mark.parametrize(
     "module, subfolder",
-    [("ditserve.models.digits.train", "transformer"), ("ditserve.models.digits.train_unet", "unet")],
-    ids=["dit", "unet"],
+    [
+        ("ditserve.models.digits.train", "transformer"),
+        ("ditserve.models.digits.train_unet", "unet"),
+        ("ditserve.models.digits.train_scenes", "transformer"),
+    ],
+    ids=["dit", "unet", "scenes"],
 )
 def test_training_is_seeded_and_reproducible(tmp_path, module, subfolder):
     first, again, other = (

@@ -25,12 +25,14 @@ BUILTIN_MODELS: dict[str, Path] = {
     "digits-dit": Path(__file__).parent / "digits" / "digits-dit",
     "digits-flow": Path(__file__).parent / "digits" / "digits-flow",
     "digits-unet": Path(__file__).parent / "digits" / "digits-unet",
+    "digits-scenes": Path(__file__).parent / "digits" / "digits-scenes",
 }
 """Embedded models addressable as `builtin:<name>`: checkpoint directories shipped in the package."""
 BUILTIN_TRAINERS: dict[str, str] = {
     "digits-dit": "ditserve.models.digits.train",
     "digits-flow": "ditserve.models.digits.train_flow",
     "digits-unet": "ditserve.models.digits.train_unet",
+    "digits-scenes": "ditserve.models.digits.train_scenes",
 }
 """The module that (re)trains each embedded model's weights."""
 
