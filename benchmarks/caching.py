@@ -902,7 +902,7 @@ def to_markdown(report: Report, goals: list[str]) -> str:
             *table(rows),
             "",
         ]
-    lines += ["![PSNR against speedup, per setting](caching-pareto.png)", ""]
+    lines += [f"![PSNR against speedup, per setting]({Path(args.output).stem}-pareto.png)", ""]
     return "\n".join(lines)
 
 
