@@ -146,8 +146,10 @@ def to_markdown(rows: list[dict], commands: list[str], per_class: int) -> str:
             wall = f"{r['wall']:.2f} [{r['wall_low']:.2f}–{r['wall_high']:.2f}]"
         psnr_text = "—" if r["cache"] == "none" else f"{r['psnr']:.1f}"
         ssim_text = "—" if r["cache"] == "none" else f"{r['ssim']:.3f}"
+        extra = {k: v for k, v in r.get("settings", {}).items() if k != "name"}
+        label = r["cache"] + (" " + json.dumps(extra) if extra else "")
         lines.append(
-            f"| {r['model']} | {r['steps']} | {r['cache']} | {r['count_ratio']:.3f} | {wall} | {psnr_text} | "
+            f"| {r['model']} | {r['steps']} | {label} | {r['count_ratio']:.3f} | {wall} | {psnr_text} | "
             f"{ssim_text} | {r['accuracy']:.3f} |"
         )
     return "\n".join(lines) + "\n"
