@@ -1,8 +1,8 @@
 """Every registered cache, with its defaults, serves a small request on every embedded model (the class DiT,
-the SD3-family text model, the class U-Net) as a per-request override: it runs, or — for a cache that needs
-a calibration the model does not ship, or that cannot run on the model's family — is refused before any
-model work with the sentence that says what fixes it. Never an error in the middle of the request.
-(Whether each skips blocks, and how faithfully, is for the fidelity tests.)"""
+the SD3-family text model, the class U-Net, the PixArt-family scenes model) as a per-request override: it
+runs, or — for a cache that needs a calibration the model does not ship, or that cannot run on the model's
+family — is refused before any model work with the sentence that says what fixes it. Never an error in the
+middle of the request. (Whether each skips blocks, and how faithfully, is for the fidelity tests.)"""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SUBJECTS = {
     "digits-dit": {"class_label": 7},
     "digits-flow": {"prompt": "a handwritten seven"},
     "digits-unet": {"class_label": 7},
+    "digits-scenes": {"prompt": "7 3 / 1 9"},
 }
 
 
