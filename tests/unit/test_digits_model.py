@@ -48,8 +48,9 @@ def train(tmp_path, module: str, subfolder: str, seed: int, name: str) -> dict[s
         ("ditserve.models.digits.train", "transformer"),
         ("ditserve.models.digits.train_unet", "unet"),
         ("ditserve.models.digits.train_scenes", "transformer"),
+        ("ditserve.models.digits.train_video", "transformer"),
     ],
-    ids=["dit", "unet", "scenes"],
+    ids=["dit", "unet", "scenes", "video"],
 )
 def test_training_is_seeded_and_reproducible(tmp_path, module, subfolder):
     first, again, other = (

@@ -17,6 +17,7 @@ import torch
 
 from ditserve.models.digits.data import CLASS_NAMES
 from ditserve.models.digits.scenes import PLACES
+from ditserve.models.digits.t5_text import word_tokenizer
 
 FORMATS = ("grid", "words")
 MAX_TOKENS = 20
@@ -52,22 +53,5 @@ def example_prompts() -> list[str]:
 
 
 def build_tokenizer():
-    """A T5 tokenizer (Unigram, Metaspace pre-tokenizer, </s> appended) whose pieces are the prompt words.
-
-    Words score above characters, so a prompt word is always one piece; characters are the fallback."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    prompts = [prompt_for(scene, fmt) for fmt in FORMATS for scene in example_labels()]
-    words = sorted({word for prompt in prompts for word in prompt.replace(",", " , ").split()})
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789,./-'"
-    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab = specials + [(f"▁{word}", -1.0) for word in words] + [("▁", -5.0)] + [(c, -10.0) for c in chars]
-    model = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
-    model.pre_tokenizer = pre_tokenizers.Metaspace()
-    model.decoder = decoders.Metaspace()
-    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(
-        tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
-        model_max_length=MAX_TOKENS,
-    )  # fmt: skip
+    """The T5 tokenizer over the words of every example prompt in both formats."""
+    return word_tokenizer((prompt_for(scene, fmt) for fmt in FORMATS for scene in example_labels()), MAX_TOKENS)

@@ -33,6 +33,7 @@ from torch import nn
 from ditserve.models.digits import scenes
 from ditserve.models.digits.data import load_split
 from ditserve.models.digits.scene_prompts import MAX_TOKENS, build_tokenizer, example_prompts, sample_prompts
+from ditserve.models.digits.t5_text import t5_encoder
 from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
 
 DEFAULT_OUT = Path(__file__).parent / "digits-scenes"
@@ -57,34 +58,12 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_
 which keeps guided pixel-space sampling from turning to speckle."""
 
 
-def build_text_encoder(tokenizer) -> nn.Module:
-    """A 2-layer T5 encoder, width `TEXT_WIDTH`, over the scenes vocabulary."""
-    from transformers import T5Config, T5EncoderModel
-
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=TEXT_WIDTH,
-        d_kv=TEXT_WIDTH // 4,
-        d_ff=2 * TEXT_WIDTH,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=MAX_TOKENS,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    return T5EncoderModel(config)
-
-
 def build_pipeline() -> PixArtAlphaPipeline:
     """The untrained pipeline: PixArt transformer (6 blocks, width 64, 256 image tokens) and a tiny T5."""
     tokenizer = build_tokenizer()
     return PixArtAlphaPipeline(
         tokenizer=tokenizer,
-        text_encoder=build_text_encoder(tokenizer),
+        text_encoder=t5_encoder(tokenizer, TEXT_WIDTH, MAX_TOKENS),
         vae=None,
         transformer=PixArtTransformer2DModel(**TRANSFORMER_CONFIG),
         scheduler=DDPMScheduler(**SCHEDULER_CONFIG),
