@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -27,12 +26,10 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from torch import nn
 
-from ditserve.calibrate import EXAMPLE_PROMPTS_FILE
 from ditserve.models.digits.moving import CANVAS, FRAMES, native_digits, random_clips
 from ditserve.models.digits.t5_text import t5_encoder
-from ditserve.models.digits.training import fit, parse_args, repeatable
+from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
 from ditserve.models.digits.video_prompts import MAX_TOKENS, build_tokenizer, example_prompts, sample_prompts
-from ditserve.models.text import CALL_DEFAULTS_FILE
 
 DEFAULT_OUT = Path(__file__).parent / "digits-video"
 TEXT_WIDTH = 64
@@ -136,18 +133,8 @@ def train(args: argparse.Namespace) -> dict:
         return held_out_loss(ema_pipe, held_digits, held_labels, args.seed)
 
     record = fit(args, modules, ema, batch_loss, held_out, digits.shape[0], "prompt")
-    save(ema_pipe, Path(args.out), record)
+    save_pipeline(ema_pipe, Path(args.out), record, CALL_DEFAULTS, example_prompts())
     return record
-
-
-def save(pipe: WanPipeline, out: Path, record: dict) -> None:
-    """Write the pipeline in diffusers' layout, the call defaults it needs, the training record and the prompts
-    calibration uses."""
-    out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out, safe_serialization=True)
-    (out / CALL_DEFAULTS_FILE).write_text(json.dumps(CALL_DEFAULTS, indent=1) + "\n")
-    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / EXAMPLE_PROMPTS_FILE).write_text(json.dumps(example_prompts(), indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
