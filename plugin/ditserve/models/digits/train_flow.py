@@ -17,7 +17,6 @@ The prompt is dropped to "" once per sample for classifier-free guidance.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from ditserve.models.digits.prompts import (
     prompt_for,
     sample_prompts,
 )
-from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
+from ditserve.models.digits.training import parse_args, train_text_model
 
 DEFAULT_OUT = Path(__file__).parent / "digits-flow"
 TEXT_WIDTH = 64
@@ -135,13 +134,9 @@ def held_out_loss(pipe: StableDiffusion3Pipeline, images, labels, seed: int) -> 
 
 
 def train(args: argparse.Namespace) -> dict:
-    repeatable(args)
     split = load_split()
-    pipe = build_pipeline()
-    ema_pipe = copy.deepcopy(pipe)
-    modules, ema = trained_modules(pipe), trained_modules(ema_pipe).requires_grad_(False)
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def batch_loss(pipe, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Velocity loss at logit-normal σ, the prompt dropped to "" with `--prompt-dropout`."""
         x0 = split.train_images[idx]
         prompts = sample_prompts(split.train_labels[idx], args.prompt_dropout, gen)
@@ -149,12 +144,13 @@ def train(args: argparse.Namespace) -> dict:
         pred, target = velocity(pipe, x0, noise, logit_normal(args.batch_size, gen), prompts)
         return F.mse_loss(pred, target)
 
-    def held_out() -> float:
+    def held_out(ema_pipe) -> float:
         return held_out_loss(ema_pipe, split.held_out_images, split.held_out_labels, args.seed)
 
-    record = fit(args, modules, ema, batch_loss, held_out, split.train_images.shape[0], "prompt")
-    save_pipeline(ema_pipe, Path(args.out), record, CALL_DEFAULTS, example_prompts())
-    return record
+    items = split.train_images.shape[0]
+    return train_text_model(
+        args, build_pipeline, trained_modules, batch_loss, held_out, items, CALL_DEFAULTS, example_prompts()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,6 @@ Checkpoint pins in `call_defaults.json`: `max_sequence_length` (the prompts are 
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from ditserve.models.digits import scenes
 from ditserve.models.digits.data import load_split
 from ditserve.models.digits.scene_prompts import MAX_TOKENS, build_tokenizer, example_prompts, sample_prompts
 from ditserve.models.digits.t5_text import t5_encoder
-from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
+from ditserve.models.digits.training import parse_args, train_text_model
 
 DEFAULT_OUT = Path(__file__).parent / "digits-scenes"
 TEXT_WIDTH = 64
@@ -108,13 +107,9 @@ def held_out_loss(pipe: PixArtAlphaPipeline, images, labels, seed: int) -> float
 
 
 def train(args: argparse.Namespace) -> dict:
-    repeatable(args)
     split = load_split()
-    pipe = build_pipeline()
-    ema_pipe = copy.deepcopy(pipe)
-    modules, ema = trained_modules(pipe), trained_modules(ema_pipe).requires_grad_(False)
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def batch_loss(pipe, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """v-prediction loss on scenes whose top-left digits are `idx` (the other three drawn from `gen`), the prompt
         dropped to "" with `--prompt-dropout`."""
         others = torch.randint(0, split.train_images.shape[0], (idx.shape[0], len(scenes.PLACES) - 1), generator=gen)
@@ -122,12 +117,13 @@ def train(args: argparse.Namespace) -> dict:
         x0, labels = scenes.compose(split.train_images[chosen]), split.train_labels[chosen]
         return velocity_loss(pipe, x0, sample_prompts(labels, args.prompt_dropout, gen), gen)
 
-    def held_out() -> float:
+    def held_out(ema_pipe) -> float:
         return held_out_loss(ema_pipe, split.held_out_images, split.held_out_labels, args.seed)
 
-    record = fit(args, modules, ema, batch_loss, held_out, split.train_images.shape[0], "prompt")
-    save_pipeline(ema_pipe, Path(args.out), record, CALL_DEFAULTS, example_prompts())
-    return record
+    items = split.train_images.shape[0]
+    return train_text_model(
+        args, build_pipeline, trained_modules, batch_loss, held_out, items, CALL_DEFAULTS, example_prompts()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

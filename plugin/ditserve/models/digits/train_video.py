@@ -18,7 +18,6 @@ case. The prompt is dropped to "" once per clip for classifier-free guidance.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from ditserve.models.digits.moving import CANVAS, FRAMES, native_digits, random_clips
 from ditserve.models.digits.t5_text import t5_encoder
-from ditserve.models.digits.training import fit, parse_args, repeatable, save_pipeline
+from ditserve.models.digits.training import parse_args, train_text_model
 from ditserve.models.digits.video_prompts import MAX_TOKENS, build_tokenizer, example_prompts, sample_prompts
 
 DEFAULT_OUT = Path(__file__).parent / "digits-video"
@@ -114,13 +113,9 @@ def held_out_loss(pipe: WanPipeline, digits, labels, seed: int) -> float:
 
 
 def train(args: argparse.Namespace) -> dict:
-    repeatable(args)
     digits, labels, held_digits, held_labels = native_digits()
-    pipe = build_pipeline()
-    ema_pipe = copy.deepcopy(pipe)
-    modules, ema = trained_modules(pipe), trained_modules(ema_pipe).requires_grad_(False)
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def batch_loss(pipe, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Velocity loss on clips of digits `idx` with random motions and starts, the prompt dropped to ""
         with `--prompt-dropout`."""
         x0, clip_labels, motions = random_clips(digits, labels, idx, gen)
@@ -129,12 +124,13 @@ def train(args: argparse.Namespace) -> dict:
         pred, target = velocity(pipe, x0, noise, frame_levels(x0.shape[0], gen), prompts)
         return F.mse_loss(pred, target)
 
-    def held_out() -> float:
+    def held_out(ema_pipe) -> float:
         return held_out_loss(ema_pipe, held_digits, held_labels, args.seed)
 
-    record = fit(args, modules, ema, batch_loss, held_out, digits.shape[0], "prompt")
-    save_pipeline(ema_pipe, Path(args.out), record, CALL_DEFAULTS, example_prompts())
-    return record
+    items = digits.shape[0]
+    return train_text_model(
+        args, build_pipeline, trained_modules, batch_loss, held_out, items, CALL_DEFAULTS, example_prompts()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,11 +8,13 @@ with a T5 encoder)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,6 +128,33 @@ def training_record(args: argparse.Namespace, dropout: str, train_images: int, s
         "final_held_out_loss": log[-1]["held_out_loss"],
         "log": log,
     }
+
+
+def train_text_model(
+    args: argparse.Namespace,
+    build_pipeline: Callable[[], Any],
+    trained_modules: Callable[[Any], nn.ModuleDict],
+    batch_loss: Callable[[Any, torch.Tensor, torch.Generator], torch.Tensor],
+    held_out_loss: Callable[[Any], float],
+    train_items: int,
+    call_defaults: dict,
+    example_prompts: list[str],
+) -> dict:
+    """Train a text model's pipeline and save its EMA copy; returns the training record.
+
+    Seeds (`repeatable`), builds the pipeline and its EMA copy, trains `trained_modules(pipe)` with `fit` on
+    `batch_loss(pipe, indices, generator)` (indices into `train_items` training items), logs
+    `held_out_loss(ema_pipe)`, and writes the EMA pipeline with `save_pipeline`."""
+    repeatable(args)
+    pipe = build_pipeline()
+    ema_pipe = copy.deepcopy(pipe)
+    modules, ema = trained_modules(pipe), trained_modules(ema_pipe).requires_grad_(False)
+    record = fit(
+        args, modules, ema, lambda idx, gen: batch_loss(pipe, idx, gen), lambda: held_out_loss(ema_pipe),
+        train_items, "prompt",
+    )  # fmt: skip
+    save_pipeline(ema_pipe, Path(args.out), record, call_defaults, example_prompts)
+    return record
 
 
 def save_pipeline(pipe, out: Path, record: dict, call_defaults: dict, example_prompts: list[str]) -> None:
