@@ -344,3 +344,23 @@ def test_edits_run_on_every_family_and_keep_the_unmasked_pixels(engines, name):
     inpaint = generate(engine, name, seed=2, guidance_scale=3.0, init_image=init_png, mask=png.encode(mask))
     assert (inpaint.images[0, :, :, : width // 2] - kept[:, :, : width // 2]).abs().max() <= 1e-6
     assert not torch.allclose(inpaint.images[0, :, :, width // 2 :], kept[:, :, width // 2 :], atol=0.05)
+
+
+def test_wan_per_frame_timesteps_reach_each_frames_tokens(engines):
+    """Timesteps (batch, latent frames) go to the transformer per token, frame by frame: all frames at t is the
+    ordinary call, and moving one frame's level changes the transformer's input for that frame's tokens only."""
+    from ditserve.models.wan import frame_timesteps
+
+    model = engines("wan").model
+    x = torch.randn(2, 16, 3, 4, 8, generator=torch.Generator().manual_seed(0))  # 3 latent frames of 2×4 tokens
+    cond = {"encoder_hidden_states": torch.randn(2, 7, model.transformer.config.text_dim)}
+    t = torch.tensor(500.0)
+    same = torch.full((2, 3), 500.0)
+    with torch.no_grad():
+        per_frame, ordinary = model.adapter.predict(model, x, same, cond), model.adapter.predict(model, x, t, cond)
+    assert torch.allclose(per_frame, ordinary, atol=1e-5)
+    staggered = torch.tensor([[900.0, 500.0, 100.0], [100.0, 500.0, 900.0]])
+    assert frame_timesteps(model, x, staggered).tolist() == [[900.0] * 8 + [500.0] * 8 + [100.0] * 8,
+                                                             [100.0] * 8 + [500.0] * 8 + [900.0] * 8]  # fmt: skip
+    with pytest.raises(ValueError, match="per-frame timesteps"):
+        frame_timesteps(model, x, torch.zeros(2, 2))

@@ -22,6 +22,19 @@ from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, Loaded
 from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
+def frame_timesteps(model: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-frame timesteps (N, latent frames) as the transformer's per-token ones: Wan orders its tokens frame by
+    frame. Video techniques that hold frames at different noise levels (FIFO-Diffusion's queue) call with these;
+    only a checkpoint trained with per-frame levels (digits-video, diffusion-forcing style) is meant to take them."""
+    _, patch_h, patch_w = model.transformer.config.patch_size
+    if t.shape != (x.shape[0], x.shape[2]):
+        raise ValueError(
+            f"per-frame timesteps must be (batch, frames) = {(x.shape[0], x.shape[2])}, got {tuple(t.shape)}"
+        )
+    tokens_per_frame = (x.shape[3] // patch_h) * (x.shape[4] // patch_w)
+    return t.to(x.device).repeat_interleave(tokens_per_frame, dim=1)
+
+
 class WanAdapter(FamilyAdapter):
     """Wan (Wan Team, 2025) text-to-video as a text-to-image model, as diffusers implements it."""
 
@@ -80,6 +93,8 @@ class WanAdapter(FamilyAdapter):
         return Conditioning(cond, {"encoder_hidden_states": null_embeds[index].to(model.dtype)})
 
     def _timestep(self, model: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 2:
+            return frame_timesteps(model, x, t)
         if not model.components["pipeline"].config.expand_timesteps:
             return batch_timestep(t, x.shape[0], x.device)
         # Wan 2.2 TI2V: one timestep per latent token (all equal in text-to-video), as the pipeline builds it.
