@@ -93,6 +93,13 @@ class ApproxCache(_Section):
     """Finished requests kept, over all API keys; the least recently used goes first."""
     max_bytes: int = Field(64 * 2**20, ge=2**10, le=2**36)
     """Bytes of kept latents (the states of every rung, and the model outputs there), over all API keys."""
+    compression: Literal["none", "float16", "int8"] = "none"
+    """How kept states are stored (FlexCache, `ditserve/video/flexcache.py`): as computed, in half precision, or
+    as int8 with one scale per frame (a quarter of the bytes; each value within 1/254 of its frame's largest)."""
+    replacement: Literal["lru", "gdsf"] = "lru"
+    """Which entry the bounds evict: the least recently used, or (FlexCache) the one of least model compute saved
+    per kept byte — its starts so far plus one, times the steps and pixels its latest rung skips, over its bytes —
+    aged so that a new entry outranks ones that stopped being used (greedy-dual-size-frequency)."""
 
 
 class AccelPlan(_Section):

@@ -245,9 +245,21 @@ class Nirvana:
         score, (key, entry) = float(scores[best]), candidates[best]
         for level, step in zip(self.levels, self.rung_steps(next(iter(entry.states.values())).total), strict=True):
             if score >= level.similarity:
-                state = entry.states[step]
+                state = self.restored(entry.states[step])
                 return key, State(step, state.total, state.x[:images], state.t, state.output[:images])
         return None
+
+    def stored(self, entry: Entry) -> Entry:
+        """The entry as it is kept: as recorded here; FlexCache (ditserve/video/flexcache.py) compresses it."""
+        return entry
+
+    def restored(self, state: State) -> State:
+        """A kept state as the sampler takes it: the inverse of `stored`."""
+        return state
+
+    def evict(self) -> Entry:
+        """Remove the next entry to go and return it: the least recently used. Called under the lock."""
+        return self.entries.popitem(last=False)[1]
 
     def _use(self, key: int) -> None:
         """Count a start from entry `key`: it becomes the most recent, or retires at its `max_reuse`-th start.
@@ -263,6 +275,7 @@ class Nirvana:
     def insert(self, entry: Entry) -> None:
         """Keep `entry` as the most recent; evict the least recently used until both bounds hold (an entry larger
         than the byte bound alone is not kept)."""
+        entry = self.stored(entry)
         size = entry.nbytes
         if size > self.config.max_bytes:
             return
@@ -271,5 +284,4 @@ class Nirvana:
             self._next += 1
             self.nbytes += size
             while len(self.entries) > self.config.max_entries or self.nbytes > self.config.max_bytes:
-                _, evicted = self.entries.popitem(last=False)
-                self.nbytes -= evicted.nbytes
+                self.nbytes -= self.evict().nbytes
