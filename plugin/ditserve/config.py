@@ -142,6 +142,8 @@ class ServeLimits(_Section):
     """Most images per request, and per batched model call."""
     max_side: int = Field(1024, ge=8, le=8192)
     """Largest height or width in pixels (for families whose size can change)."""
+    max_frames: int = Field(81, ge=1, le=1024)
+    """Most frames per video (video models; Wan's own default is 81); image models take no frame count."""
     max_prompt_chars: int = Field(2000, ge=1, le=100_000)
     """Longest prompt, in characters."""
     max_queue: int = Field(64, ge=1, le=100_000)

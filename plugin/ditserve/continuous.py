@@ -229,7 +229,7 @@ class StepLoop:
         stats.token_evaluations_full = stats.token_evaluations  # a cache that mixes in a batch reuses no tokens
         stats.seconds["total"] = time.perf_counter() - trajectory.started
         job = trajectory.job
-        return GenerationResult(images=images, seeds=job.seeds, stats=stats, prompt=job.subject)
+        return GenerationResult.of(images, job.seeds, stats, job.subject)
 
     def _settle(self) -> None:
         """Wait until every running request waits for a call or finished; stop those that must stop."""

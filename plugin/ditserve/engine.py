@@ -98,6 +98,14 @@ class Job:
     """The LoRA adapter and its scale (None: the base model); part of the batch key, so adapters never mix."""
     cache_scope: str | None = field(default=None, compare=False)
     """The request's scope in the cross-request cache (`ditserve.nirvana.scope`); None: it takes no part."""
+    frames: int | None = None
+    """Frames per video (video models); None: an image model's job."""
+
+    def latent_shape(self, model: LoadedModel) -> tuple[int, ...]:
+        """One sample's latent shape: an image's, or a video's of `frames` frames."""
+        if self.frames is None:
+            return model.adapter.latent_shape(model, self.height, self.width)
+        return model.adapter.latent_shape(model, self.height, self.width, frames=self.frames)
 
     @property
     def batch_key(self) -> tuple:
@@ -105,7 +113,7 @@ class Job:
         cache = None if self.cache is None else self.cache.model_dump_json()  # configs may hold lists
         sampler = self.sampler.config.model_dump_json()  # sampler configs may hold lists and dicts too
         edit = None if self.edit is None else self.edit.key
-        return (self.steps, self.height, self.width, self.guidance, sampler, cache, edit, self.lora)
+        return (self.steps, self.height, self.width, self.frames, self.guidance, sampler, cache, edit, self.lora)
 
 
 @dataclass
@@ -269,6 +277,7 @@ class Front:
             raise RequestError("steps", f"must be at most {limits.max_steps} (got {steps})")
         if request.num_images > limits.max_batch:
             raise RequestError("num_images", f"must be at most {limits.max_batch} (got {request.num_images})")
+        frames = self._frames(request)  # before the size: a video model refuses an init image, whatever its size
         height, width = self._size(request)
         if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
             raise RequestError("seed", "seed + num_images must stay below 2**63")
@@ -282,7 +291,22 @@ class Front:
         base_seed = request.seed if request.seed is not None else secrets.randbelow(2**62)
         seeds = [base_seed + k for k in range(request.num_images)]
         cache_scope = scope(request, sampler, edit)
-        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit, lora, cache_scope)
+        return Job(subject, steps, height, width, guidance, sampler, seeds, cache, edit, lora, cache_scope, frames)
+
+    def _frames(self, request: GenerationRequest) -> int | None:
+        """The request's frames per video: as asked, else the model's default; None for an image model."""
+        default, name = self.adapter.default_frames(self.model), self.config.model.name
+        if default is None:
+            if request.num_frames is not None:
+                raise RequestError("num_frames", f"model {name!r} makes images; leave num_frames out")
+            return None
+        if request.init_image is not None:
+            raise RequestError("init_image", f"model {name!r} makes videos, which take no init image (edits)")
+        frames = request.num_frames if request.num_frames is not None else default
+        if frames > self.config.limits.max_frames:
+            raise RequestError("num_frames", f"must be at most {self.config.limits.max_frames} (got {frames})")
+        self.adapter.check_frames(self.model, frames)
+        return frames
 
     def _lora(self, request: GenerationRequest) -> tuple[str, float] | None:
         """The request's (adapter, scale), checked against the adapters this plan serves."""
@@ -391,6 +415,7 @@ class Front:
             "conditioning": self.adapter.conditioning,
             "labels": {k: v for k, v in sorted(self.model.id2label.items())},
             "default_size": [default_h, default_w],
+            "default_frames": self.adapter.default_frames(self.model),
             "blocks_per_call": self.blocks_per_call,
             "device": str(self.model.device),
             "plan": self.config.plan.model_dump(mode="json"),
@@ -516,7 +541,7 @@ class Engine(Front):
         results, start = [], 0
         for job in jobs:
             end = start + len(job.seeds)
-            results.append(GenerationResult(images=images[start:end], seeds=job.seeds, stats=stats, prompt=job.subject))
+            results.append(GenerationResult.of(images[start:end], job.seeds, stats, job.subject))
             start = end
         return results
 
@@ -532,7 +557,7 @@ class Engine(Front):
         kwargs = conditioning.cond | (embedded_guidance or {})
         if use_cfg:
             kwargs = {key: torch.cat([value, conditioning.uncond[key]]) for key, value in kwargs.items()}
-        shape = adapter.latent_shape(model, first.height, first.width)
+        shape = first.latent_shape(model)
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
         schedule = adapter.schedule_kwargs(model, shape, first.steps)
@@ -545,7 +570,8 @@ class Engine(Front):
         return StartInputs(kwargs, use_cfg, shape, generators, noise, schedule, edit, reuse)
 
     def to_images(self, latents: torch.Tensor, edit: Edit | None = None) -> torch.Tensor:
-        """Sampler latents → images in [0, 1] on the CPU (an edit's kept region from its init image)."""
+        """Sampler latents → images (N, C, H, W) in [0, 1] on the CPU (an edit's kept region from its init image),
+        or a video model's videos (N, frames, C, H, W)."""
         if edit is not None:
             latents = edit.latents(latents)
         images = ((self.adapter.decode(self.model, latents) + 1) / 2).clamp(0, 1)

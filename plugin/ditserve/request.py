@@ -38,6 +38,9 @@ class GenerationRequest(BaseModel):
     """Image height in pixels; default: the model's native size."""
     width: int | None = Field(None, ge=1)
     """Image width in pixels; default: the model's native size."""
+    num_frames: int | None = Field(None, ge=1)
+    """Video models: frames per video; default: the model's (its checkpoint's `num_frames`). Image models refuse
+    it. Bounded by the config's `limits.max_frames`; a Wan VAE needs 4k + 1 frames (4 frames per latent frame)."""
     sampler: dict[str, Any] | None = None
     """Per-request sampler override, `{name: ..., fields}`, when the model config allows overrides."""
     cache: dict[str, Any] | None = None
@@ -106,12 +109,22 @@ class GenerationStats:
 
 @dataclass
 class GenerationResult:
-    """Images in [0, 1], (N, C, H, W) float32 on the CPU, with the seeds that made them and the cost."""
+    """Images in [0, 1], (N, C, H, W) float32 on the CPU, with the seeds that made them and the cost. A video
+    model's result has videos instead: `videos` (N, frames, C, H, W) in [0, 1] and `images` None, so that no
+    caller takes a video for a batch of images."""
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     seeds: list[int]
     stats: GenerationStats
     prompt: str | int
+    videos: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, pixels: torch.Tensor, seeds: list[int], stats: GenerationStats, prompt: str | int):
+        """The result for decoded pixels: images (N, C, H, W), or videos (N, frames, C, H, W)."""
+        if pixels.ndim == 5:
+            return cls(images=None, seeds=seeds, stats=stats, prompt=prompt, videos=pixels)
+        return cls(images=pixels, seeds=seeds, stats=stats, prompt=prompt)
 
 
 @dataclass

@@ -26,6 +26,7 @@ BUILTIN_MODELS: dict[str, Path] = {
     "digits-flow": Path(__file__).parent / "digits" / "digits-flow",
     "digits-unet": Path(__file__).parent / "digits" / "digits-unet",
     "digits-scenes": Path(__file__).parent / "digits" / "digits-scenes",
+    "digits-video": Path(__file__).parent / "digits" / "digits-video",
 }
 """Embedded models addressable as `builtin:<name>`: checkpoint directories shipped in the package."""
 BUILTIN_TRAINERS: dict[str, str] = {
@@ -33,6 +34,7 @@ BUILTIN_TRAINERS: dict[str, str] = {
     "digits-flow": "ditserve.models.digits.train_flow",
     "digits-unet": "ditserve.models.digits.train_unet",
     "digits-scenes": "ditserve.models.digits.train_scenes",
+    "digits-video": "ditserve.models.digits.train_video",
 }
 """The module that (re)trains each embedded model's weights."""
 

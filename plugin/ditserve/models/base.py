@@ -79,6 +79,16 @@ class FamilyAdapter(ABC):
     def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
         """Shape of one sample in the space the sampler works in, for an image of that size."""
 
+    def default_frames(self, model: LoadedModel) -> int | None:
+        """Frames of a video when a request gives none; None for image families, which refuse `num_frames`. A
+        video family's `latent_shape` takes `frames=` too, and its `decode` returns (N, frames, C, H, W)."""
+        return None
+
+    def check_frames(self, model: LoadedModel, frames: int) -> None:
+        """Refuse a frame count a video family cannot make, naming the rule (`RequestError` on `num_frames`); by
+        default every count is made."""
+        return None
+
     @abstractmethod
     def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
         """Transformer inputs for each image's prompt (or class id), and the unconditional ones."""

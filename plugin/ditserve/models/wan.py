@@ -1,13 +1,16 @@
-"""The `wan` family: Wan 2.1 / 2.2 text-to-video (`WanTransformer3DModel`) making one-frame videos, i.e. images.
+"""The `wan` family: Wan 2.1 / 2.2 text-to-video (`WanTransformer3DModel`) making videos.
 
-What differs: latents are video-shaped, (C, frames, H/8, W/8) with one latent frame, and the decoded
-video's only frame is the image; the text encoder is UMT5, whose embeddings the pipeline cuts at the
-prompt's length and pads with zeros (no attention mask reaches the transformer); the transformer takes
-the scheduler's timestep as it is, per token for Wan 2.2 TI2V (`expand_timesteps`); decoding first
-un-normalises the latents per channel (`latents * latents_std + latents_mean`, the VAE config's lists).
-The unconditional prompt is the empty one. Wan 2.2's two-expert checkpoints (`transformer_2`,
-`boundary_ratio`) are refused at load: they switch transformers mid-schedule, which the one block list
-of an adapter cannot describe.
+What differs: latents are video-shaped, (C, latent frames, H/8, W/8), where a Wan VAE packs 4 frames into one
+latent frame after the first (videos of 4k + 1 frames); a checkpoint saved without a VAE (the embedded
+digits-video) works on the frames themselves, as `LatentOrPixelAdapter` does for images. The text encoder is
+UMT5, whose embeddings the pipeline cuts at the prompt's length and pads with zeros (no attention mask reaches
+the transformer); the transformer takes the scheduler's timestep as it is, per token for Wan 2.2 TI2V
+(`expand_timesteps`), or one per frame from the video techniques (`frame_timesteps`); decoding first
+un-normalises the latents per channel (`latents * latents_std + latents_mean`, the VAE config's lists) and
+gives the frames frame-major, (N, frames, C, H, W). The frame count a request leaves out is the checkpoint's
+(`call_defaults.json`), else the pipeline's (81). The unconditional prompt is the empty one. Wan 2.2's
+two-expert checkpoints (`transformer_2`, `boundary_ratio`) are refused at load: they switch transformers
+mid-schedule, which the one block list of an adapter cannot describe.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ditserve.errors import PlanError
-from ditserve.models.base import BlockGroup, Conditioning, FamilyAdapter, LoadedModel, block_argument, vae_mean
-from ditserve.models.text import batch_timestep, call_default, distinct, load_pipeline, loaded
+from ditserve.errors import PlanError, RequestError
+from ditserve.models.base import BlockGroup, Conditioning, LoadedModel, block_argument, vae_mean
+from ditserve.models.text import LatentOrPixelAdapter, batch_timestep, call_default, distinct, load_pipeline, loaded
 
 
 def frame_timesteps(model: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,8 +38,8 @@ def frame_timesteps(model: LoadedModel, x: torch.Tensor, t: torch.Tensor) -> tor
     return t.to(x.device).repeat_interleave(tokens_per_frame, dim=1)
 
 
-class WanAdapter(FamilyAdapter):
-    """Wan (Wan Team, 2025) text-to-video as a text-to-image model, as diffusers implements it."""
+class WanAdapter(LatentOrPixelAdapter):
+    """Wan (Wan Team, 2025) text-to-video, as diffusers implements it."""
 
     family = "wan"
     conditioning = "text"
@@ -69,13 +72,37 @@ class WanAdapter(FamilyAdapter):
         pipe = model.components["pipeline"]
         return call_default(pipe, "height"), call_default(pipe, "width")
 
+    def vae_factor(self, model: LoadedModel) -> int:
+        """Pixels per latent side: the VAE's spatial factor, 1 in pixel space."""
+        pipe = model.components["pipeline"]
+        return pipe.vae_scale_factor_spatial if pipe.vae is not None else 1
+
+    def frames_per_latent(self, model: LoadedModel) -> int:
+        """Frames per latent frame after the first: the VAE's temporal factor, 1 in pixel space."""
+        pipe = model.components["pipeline"]
+        return pipe.vae_scale_factor_temporal if pipe.vae is not None else 1
+
     def size_multiple(self, model: LoadedModel) -> int:
         patch = model.transformer.config.patch_size
-        return model.components["pipeline"].vae_scale_factor_spatial * max(patch[1], patch[2])
+        return self.vae_factor(model) * max(patch[1], patch[2])
 
-    def latent_shape(self, model: LoadedModel, height: int, width: int) -> tuple[int, ...]:
-        factor = model.components["pipeline"].vae_scale_factor_spatial
-        return model.transformer.config.in_channels, 1, height // factor, width // factor
+    def default_frames(self, model: LoadedModel) -> int:
+        return call_default(model.components["pipeline"], "num_frames")
+
+    def check_frames(self, model: LoadedModel, frames: int) -> None:
+        factor = self.frames_per_latent(model)
+        if (frames - 1) % factor:
+            raise RequestError(
+                "num_frames",
+                f"must be {factor}k + 1 (got {frames}): this model's VAE packs {factor} frames into each latent "
+                "frame after the first",
+            )
+
+    def latent_shape(self, model: LoadedModel, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+        """(C, latent frames, h, w) for `frames` frames of height × width (one frame unless told: an image)."""
+        factor = self.vae_factor(model)
+        latent_frames = (frames - 1) // self.frames_per_latent(model) + 1
+        return model.transformer.config.in_channels, latent_frames, height // factor, width // factor
 
     def condition(self, model: LoadedModel, prompts: list[str | int], guidance: bool) -> Conditioning:
         pipe = model.components["pipeline"]
@@ -119,11 +146,15 @@ class WanAdapter(FamilyAdapter):
 
     def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
         """An image as a one-frame video's latents, normalised as the pipeline's (the inverse of `decode`)."""
+        if model.components["vae"] is None:
+            return super().encode(model, images[:, :, None])
         mean, inverse_std = self._normalisation(model, images)
         return (vae_mean(model.components["vae"], images[:, :, None]) - mean) * inverse_std
 
     def decode(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, latent frames, h, w) → frames (N, frames, C, H, W) in [-1, 1]."""
         vae = model.components["vae"]
+        if vae is None:
+            return super().decode(model, x).transpose(1, 2)
         mean, inverse_std = self._normalisation(model, x)
-        video = vae.decode(x.to(vae.dtype) / inverse_std + mean, return_dict=False)[0]
-        return video[:, :, 0].float()
+        return vae.decode(x.to(vae.dtype) / inverse_std + mean, return_dict=False)[0].float().transpose(1, 2)
