@@ -31,11 +31,12 @@ from ditserve.lora import LoraAdapters, discover
 from ditserve.models import BUILTIN_MODELS, BUILTIN_TRAINERS, get_adapter
 from ditserve.models.base import LoadedModel, count_blocks
 from ditserve.models.fullsize import FULLSIZE_PREFIX
-from ditserve.nirvana import Nirvana, Recorder, Resume, scope
+from ditserve.nirvana import Recorder, Resume, scope
 from ditserve.registry import CACHES, PARALLEL, QUANTIZERS, SAMPLERS, StrategyConfig
 from ditserve.request import MAX_SEED, GenerationRequest, GenerationResult, GenerationStats, ProgressEvent
 from ditserve.sampling.base import Sampler
 from ditserve.tuned import read_tuned
+from ditserve.video.flexcache import FlexCache
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,9 @@ class Front:
                 f"plan.tuned swaps a tuned cache in per request, which plan.parallel {plan.parallel.name!r} (several "
                 "ranks) cannot: serve tuned plans with plan.parallel none"
             )
-        self.nirvana = Nirvana(plan.approx_cache, self.parallel.world_size)
-        """The cross-request cache: kept runs of finished requests (`ditserve.nirvana`)."""
+        self.nirvana = FlexCache(plan.approx_cache, self.parallel.world_size)
+        """The cross-request cache: kept runs of finished requests (`ditserve.nirvana`, FlexCache's compression and
+        replacement as the plan sets them: `ditserve.video.flexcache`)."""
         self.lora_files = discover(model.path)
         """The model directory's LoRA adapters, name → weight file (`ditserve.lora`)."""
         self.lora_problem = self._lora_problem()

@@ -70,12 +70,10 @@ def test_the_byte_bound_holds_and_int8_keeps_four_times_the_runs():
 
 
 def cached_engine(**fields) -> Engine:
-    """digits-flow with FlexCache as its cross-request cache (`fields` on top of the plan's defaults)."""
+    """digits-flow with the plan's cross-request cache (FlexCache) (`fields` on top of the plan's defaults)."""
     config = load_config("builtin:digits-flow")
     cache = config.plan.approx_cache.model_copy(update={"enabled": True, **fields})
-    engine = Engine(config.model_copy(update={"plan": config.plan.model_copy(update={"approx_cache": cache})}))
-    engine.nirvana = FlexCache(cache)
-    return engine
+    return Engine(config.model_copy(update={"plan": config.plan.model_copy(update={"approx_cache": cache})}))
 
 
 def ask(prompt: str, seed: int = 0) -> GenerationRequest:
