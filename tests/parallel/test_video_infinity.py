@@ -1,0 +1,139 @@
+"""Video-Infinity on real gloo process groups of 2 ranks against its single-process equivalent.
+
+A seeded random transformer of digits-video's shape (Wan, 4 blocks) runs one call on a 16-frame video with a
+timestep per token (as the diffusion-forcing model takes them): on 2 spawned ranks, one 8-frame clip each, and
+in one process with the same dual-scope pattern as a frame mask. The ranks must match it within 1e-4, send
+exactly the bytes of the docstring's formula, and give their clip's tokens their frame positions in the video.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import torch
+
+from ditserve.parallel.video_infinity import (
+    ClipLayout,
+    VideoInfinityConfig,
+    apply_dual_scope_mask,
+    remove_video_infinity,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FRAMES, CLIPS = 16, 2
+CONFIG = VideoInfinityConfig(boundary_frames=2, global_frames=2)
+
+
+def random_transformer():
+    from diffusers import WanTransformer3DModel
+
+    from ditserve.models.digits.train_video import TRANSFORMER_CONFIG
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(**TRANSFORMER_CONFIG).eval()
+
+
+def call_inputs() -> dict:
+    """A 16-frame video, a prompt embedding and per-token timesteps (a different level per frame)."""
+    g = torch.Generator().manual_seed(1)
+    return {
+        "hidden_states": torch.randn(1, 1, FRAMES, 16, 16, generator=g),
+        "timestep": (torch.rand(1, FRAMES, generator=g) * 1000).repeat_interleave(64, dim=1),
+        "encoder_hidden_states": torch.randn(1, 12, 64, generator=g),
+        "return_dict": False,
+    }
+
+
+def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
+    """One rank: its clip of the call through Video-Infinity, the bytes it sent, its clip's rotary embedding."""
+    import torch.distributed as dist
+
+    from ditserve.parallel.comm import Comm
+    from ditserve.parallel.groups import Group, init_loopback
+    from ditserve.parallel.video_infinity import apply_video_infinity
+
+    torch.set_num_threads(1)
+    init_loopback(rank, CLIPS, rendezvous, timeout_s=60)
+    transformer, comm = random_transformer(), Comm()
+    apply_video_infinity(transformer, CONFIG, Group(list(range(CLIPS)), dist.group.WORLD, rank), comm)
+    positions = []
+    transformer.rope.register_forward_hook(lambda _module, _args, out: positions.append(out[0]))
+    with torch.no_grad():
+        out = transformer(**call_inputs())[0]
+    torch.save({"out": out, "bytes": comm.bytes_sent, "rope_cos": positions[0]}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video-infinity")
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=rank_main, args=(r, str(root / "rendezvous"), str(root))) for r in range(CLIPS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        if process.is_alive():
+            process.kill()
+    assert [p.exitcode for p in processes] == [0] * CLIPS
+    return [torch.load(root / f"rank{r}.pt") for r in range(CLIPS)]
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    transformer = random_transformer()
+    with torch.no_grad():
+        full = transformer(**call_inputs())[0]
+        apply_dual_scope_mask(transformer, CONFIG, CLIPS)
+        masked = transformer(**call_inputs())[0]
+        remove_video_infinity(transformer)
+        again = transformer(**call_inputs())[0]
+    return {
+        "full": full,
+        "masked": masked,
+        "again": again,
+        "rope_cos": transformer.rope(call_inputs()["hidden_states"])[0],
+    }
+
+
+def test_the_ranks_equal_the_single_process_dual_scope_attention(ranks, single_process):
+    for rank in ranks:
+        assert (rank["out"] - single_process["masked"]).abs().max().item() <= 1e-4
+    # the pattern is not full attention: ten times the tolerance apart (a vacuous test would pass with any context)
+    assert (single_process["masked"] - single_process["full"]).abs().max().item() > 1e-3
+
+
+def test_each_clip_gets_its_frame_positions_in_the_whole_video(ranks, single_process):
+    tokens = FRAMES // CLIPS * 64
+    for r, rank in enumerate(ranks):
+        assert torch.equal(rank["rope_cos"], single_process["rope_cos"][:, r * tokens : (r + 1) * tokens])
+
+
+def test_bytes_sent_equal_the_analytical_count(ranks):
+    layout = ClipLayout(CLIPS, FRAMES // CLIPS, CONFIG)
+    for r, rank in enumerate(ranks):
+        expected = layout.bytes_per_call(r, batch=1, width=96, tokens_per_frame=64, layers=4, output_per_frame=256)
+        assert rank["bytes"] == expected
+
+
+def test_the_processor_is_wans_own_when_every_frame_is_visible_and_comes_off_cleanly(single_process):
+    transformer = random_transformer()
+    everything = VideoInfinityConfig(boundary_frames=FRAMES // CLIPS, global_frames=0)
+    with torch.no_grad():
+        apply_dual_scope_mask(transformer, everything, CLIPS)
+        out = transformer(**call_inputs())[0]
+    assert (out - single_process["full"]).abs().max().item() <= 1e-5
+    assert torch.equal(single_process["again"], single_process["full"])
+
+
+def test_the_layout_sees_its_clip_its_neighbours_boundary_and_the_global_frames():
+    layout = ClipLayout(4, 8, VideoInfinityConfig(boundary_frames=1, global_frames=2))
+    assert layout.global_frames() == [2, 6, 10, 14, 18, 22, 26, 30]
+    assert list(layout.local_frames(0)) == list(range(0, 9))
+    assert list(layout.local_frames(2)) == list(range(15, 25))
+    visible = layout.frame_mask()[16].nonzero().flatten().tolist()
+    assert visible == [2, 6, 10, 14, *range(15, 25), 26, 30]
+    with pytest.raises(ValueError, match="at most 8 of each"):
+        ClipLayout(4, 8, VideoInfinityConfig(boundary_frames=9))
