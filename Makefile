@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 EXTRAS ?= serve,dev,bench
 comma := ,
 
-.PHONY: setup serve serve-scenes test test-unit test-all lint format bench train clean proto browser bento
+.PHONY: setup serve serve-scenes serve-video test test-unit test-all lint format bench train clean proto browser bento
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ serve: setup  ## set up, then serve the embedded digits model: REST + playground
 serve-scenes: setup  ## serve the embedded digit-scenes model (text → a 2×2 scene of digits) on the same ports
 	$(BIN)/ditserve serve --config bentos/digits-scenes/model.yaml --host 127.0.0.1 --port 3000 --grpc-port 50051
 
+serve-video: setup  ## serve the embedded video model digits-video (text → 8 frames of a moving digit) on the same ports
+	$(BIN)/ditserve serve --config bentos/digits-video/model.yaml --host 127.0.0.1 --port 3000 --grpc-port 50051
+
 proto: setup  ## regenerate the gRPC stubs in plugin/ditserve/v1/ from proto/ (a test fails when they are stale)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=plugin --pyi_out=plugin --grpc_python_out=plugin \
 		proto/ditserve/v1/diffusion.proto
@@ -42,7 +45,7 @@ browser:  ## headless Chromium for the playground test (Debian packages; needs r
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 BENTO ?= digits
-bento: setup  ## build the deployable Bento bentos/$(BENTO) (BENTO=digits-scenes: the scenes model; bentoml locks its requirements with uv)
+bento: setup  ## build the deployable Bento bentos/$(BENTO) (BENTO=digits-scenes, digits-video: those models; bentoml locks its requirements with uv)
 	$(BIN)/python -m pip wheel -q --no-deps -w dist .
 	$(BIN)/bentoml build -f bentos/$(BENTO)/bentofile.yaml .
 

@@ -8,11 +8,17 @@
     python -m ditserve.client --url http://127.0.0.1:3000 generate --prompt eight --init-image seven.png \
         --mask top-half.png -o eight.png                      # an edit: inpaint where the mask is light
     python -m ditserve.client --url http://127.0.0.1:3000 models
+    python -m ditserve.client --url http://127.0.0.1:3000 generate --prompt "a seven moving left" \
+        --num-frames 16 -o seven.webp                         # a video model: a lossless animated WebP
 
 Edits: `init_image` and `mask` may be PNG bytes, a path to a PNG file, or a Pillow image (`png_bytes`).
 
 Both clients return the same dict: `{"model", "images": [{"seed", "mime_type", "channels", "height",
-"width", "data": bytes}], "stats": {...}}`; errors raise `ServerError` with the status and message.
+"width", "data": bytes}], "stats": {...}}`; errors raise `ServerError` with the status and message. From a video
+model the REST client's dict has `videos` instead (each also with `frames` and `fps`; `data` an animated WebP,
+or the `format` asked for: raw float32, mp4, gif), `RestClient.file` returns one image or video file as bytes,
+and `GrpcClient.video` collects `GenerateVideo`'s frames: `{"model", "videos": [{"seed", "frames": [{"mime_type",
+"channels", "height", "width", "data"}]}], "stats"}`.
 """
 
 from __future__ import annotations
@@ -147,14 +153,18 @@ class RestClient:
 
     @staticmethod
     def _decode(body: dict) -> dict:
-        images = [
-            {**{k: v for k, v in i.items() if k != "b64"}, "data": base64.b64decode(i["b64"])} for i in body["images"]
-        ]
-        return {**body, "images": images}
+        """The answer with each image's or video's base64 decoded into `data`."""
+        key = "videos" if "videos" in body else "images"
+        items = [{**{k: v for k, v in i.items() if k != "b64"}, "data": base64.b64decode(i["b64"])} for i in body[key]]
+        return {**body, key: items}
 
     def generate(self, **fields: Any) -> dict:
         """`POST /generate`; an edit's `init_image` and `mask` as PNG bytes, paths or Pillow images."""
         return self._decode(self._json("POST", "/generate", with_images(fields, base64_text))[1])
+
+    def file(self, **fields: Any) -> bytes:
+        """`POST /generate` answered with one file: `format` "png" (an image), or "mp4", "webp", "gif" (a video)."""
+        return self._send("POST", "/generate", with_images(fields, base64_text)).read()
 
     def stream(self, **fields: Any):
         """Yield `("progress", {...})` events, then `("result", {...})`."""
@@ -212,7 +222,7 @@ class GrpcClient:
 
     @staticmethod
     def request(**fields: Any):
-        """A `GenerateRequest` from the REST field names (format "raw" → exact float32 images)."""
+        """A `GenerateRequest` from the REST field names (format "raw" → exact float32 images or frames)."""
         from google.protobuf import struct_pb2
 
         from ditserve.v1 import diffusion_pb2 as pb
@@ -221,6 +231,7 @@ class GrpcClient:
         fmt = fields.pop("format", "png")
         strategies = {section: fields.pop(section, None) for section in ("sampler", "cache")}
         fields.pop("timeout_s", None)
+        fields.pop("fps", None)  # frames travel one by one: there is no file to play
         message = pb.GenerateRequest(**fields)
         message.format = pb.IMAGE_FORMAT_RAW_F32 if fmt == "raw" else pb.IMAGE_FORMAT_PNG
         for section, spec in strategies.items():  # `{"name": ..., fields}` overrides of the plan
@@ -274,6 +285,33 @@ class GrpcClient:
         except grpc.RpcError as err:
             raise ServerError(err.code().name, err.details()) from None
 
+    def video_events(self, timeout: float | None = None, **fields: Any):
+        """Yield `GenerateVideo`'s events: `("progress", Progress)`, `("frame", VideoFrame)` for each frame of each
+        video as it arrives, then `("done", VideoDone)`."""
+        import grpc
+
+        try:
+            for event in self.stub.GenerateVideo(self.request(**fields), timeout=timeout, metadata=self.metadata):
+                kind = event.WhichOneof("event")
+                yield kind, getattr(event, kind)
+        except grpc.RpcError as err:
+            raise ServerError(err.code().name, err.details()) from None
+
+    def video(self, timeout: float | None = None, **fields: Any) -> dict:
+        """`GenerateVideo`'s frames collected per video, with the stats."""
+        videos: dict[int, list[dict]] = {}
+        for kind, event in self.video_events(timeout, **fields):
+            if kind == "frame":
+                image = event.image
+                frame = {k: getattr(image, k) for k in ("mime_type", "channels", "height", "width", "data")}
+                videos.setdefault(event.video, []).append(frame)
+            elif kind == "done":
+                stats = {f.name: getattr(event.stats, f.name) for f in event.stats.DESCRIPTOR.fields}
+                stats["seconds"] = dict(event.stats.seconds)
+                found = [{"seed": seed, "frames": videos[k]} for k, seed in enumerate(event.seeds)]
+                return {"model": event.model, "videos": found, "stats": stats}
+        raise ServerError("UNAVAILABLE", "the GenerateVideo stream ended before its last message")
+
     def models(self) -> list[dict]:
         from google.protobuf import json_format
 
@@ -301,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--strength", type=float, help="edit: share of the steps run (default 0.8, with a mask 1)")
     gen.add_argument("--lora", help="a LoRA adapter of the model by name (`models` lists them)")
     gen.add_argument("--lora-scale", type=float, help="how strongly the adapter applies (default 1)")
-    gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
+    gen.add_argument("--num-frames", type=int, help="video models: frames per video (REST)")
+    gen.add_argument(
+        "-o", "--output", default="out.png", help="PNG (a video model's: WebP) path; several get -<seed> suffixes"
+    )
     sub.add_parser("models")
     args = parser.parse_args(argv)
     client = GrpcClient(args.grpc, args.api_key) if args.grpc else RestClient(args.url, args.api_key)
@@ -323,14 +364,16 @@ def main(argv: list[str] | None = None) -> int:
                 "strength",
                 "lora",
                 "lora_scale",
+                "num_frames",
             )  # fmt: skip
             if (v := getattr(args, k)) is not None
         }
         result = client.generate(**fields)
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        many = len(result["images"]) > 1
-        for image in result["images"]:
+        items = result.get("videos", result.get("images"))
+        many = len(items) > 1
+        for image in items:
             path = out.with_name(f"{out.stem}-{image['seed']}{out.suffix}") if many else out
             path.write_bytes(image["data"])
             print(path)

@@ -206,6 +206,11 @@ class Front:
         self.lora_problem = self._lora_problem()
         """Why this plan serves no adapter, or None."""
 
+    @property
+    def makes_video(self) -> bool:
+        """Whether the model makes videos (results carry `videos`), not images."""
+        return self.adapter.default_frames(self.model) is not None
+
     def _lora_problem(self) -> str | None:
         """Why LoRA requests cannot run under this plan (the adapters are then not loaded), or None."""
         plan = self.config.plan

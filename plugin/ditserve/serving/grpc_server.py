@@ -4,6 +4,8 @@ BentoML 1.4 has no gRPC for `@bentoml.service`, so the service starts this serve
 `Runtime` (engine, scheduler, metrics): limits, queue and batching are shared with REST. Standard
 health checking reports NOT_SERVING until warm-up is done and again while draining; reflection is on.
 A client that cancels, disconnects or passes its deadline has its request cancelled at the next step.
+Image models answer `Generate` and `GenerateStream`, video models `GenerateVideo`; each refuses the other kind
+with INVALID_ARGUMENT, naming the call to make.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from ditserve.errors import RequestError
 from ditserve.serving.auth import ApiKeyInterceptor
 from ditserve.serving.parsing import from_proto
 from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
-from ditserve.serving.schemas import failure, image_fields
+from ditserve.serving.schemas import failure, image_fields, preview_image
 from ditserve.serving.settings import SETTINGS
 from ditserve.v1 import diffusion_pb2 as pb
 from ditserve.v1 import diffusion_pb2_grpc as pb_grpc
@@ -59,6 +62,13 @@ def to_response(model: str, result, fmt: str) -> pb.GenerateResponse:
     return pb.GenerateResponse(model=model, images=images, stats=stats)
 
 
+def progress(update) -> pb.Progress:
+    """A progress update as the streaming calls send it: previews as PNGs (a video's first frame)."""
+    previews = [] if update.previews is None else update.previews
+    images = [pb.Image(**image_fields(preview_image(p), 0, "png")) for p in previews]
+    return pb.Progress(step=update.step, total=update.total, elapsed_s=update.elapsed, previews=images)
+
+
 class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
     """Translates protobuf to `GenerationRequest` and back; the runtime's scheduler does the work."""
 
@@ -70,7 +80,11 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         self.runtime.metrics_count("grpc", f.status)
         await context.abort(getattr(grpc.StatusCode, f.grpc), f.message)
 
-    def _submit(self, body, context, **options):
+    def _submit(self, body, context, video: bool = False, **options):
+        engine = self.runtime.engine
+        if engine is not None and engine.makes_video != video:
+            call, kind = ("GenerateVideo", "videos") if engine.makes_video else ("Generate or GenerateStream", "images")
+            raise RequestError("model", f"model {self.runtime.name!r} makes {kind}: call {call}")
         remaining = context.time_remaining()
         return self.runtime.submit(body.to_request(), body.model, timeout_s=remaining, **options)
 
@@ -102,10 +116,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         future = asyncio.wrap_future(ticket.future)
         try:
             async for u in relay.until_done(future):
-                previews = [] if u.previews is None else [pb.Image(**image_fields(p, 0, "png")) for p in u.previews]
-                yield pb.GenerateEvent(
-                    progress=pb.Progress(step=u.step, total=u.total, elapsed_s=u.elapsed, previews=previews)
-                )
+                yield pb.GenerateEvent(progress=progress(u))
             try:
                 result = future.result()
             except Exception as err:  # failed while running: its status, counted
@@ -113,6 +124,38 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
                 return
             self.runtime.metrics_count("grpc", "ok")
             yield pb.GenerateEvent(result=to_response(self.runtime.name, result, body.format))
+        except asyncio.CancelledError:
+            self.runtime.scheduler.cancel(ticket)
+            self.runtime.metrics_count("grpc", "cancelled")
+            raise
+
+    async def GenerateVideo(self, request, context):
+        relay = ProgressRelay()
+        try:
+            body = from_proto(request)
+            ticket = self._submit(
+                body, context, video=True, on_progress=relay.on_progress, preview_every=body.preview_every
+            )
+        except Exception as err:  # refused before any work: its status, counted
+            await self._fail(context, err)
+            return
+        future = asyncio.wrap_future(ticket.future)
+        try:
+            async for u in relay.until_done(future):
+                yield pb.VideoEvent(progress=progress(u))
+            try:
+                result = future.result()
+            except Exception as err:  # failed while running: its status, counted
+                await self._fail(context, err)
+                return
+            for k, (video, seed) in enumerate(zip(result.videos, result.seeds, strict=True)):
+                for index, frame in enumerate(video):
+                    image = pb.Image(**image_fields(frame, seed, body.format))
+                    yield pb.VideoEvent(frame=pb.VideoFrame(video=k, index=index, image=image))
+            self.runtime.metrics_count("grpc", "ok")
+            done = pb.VideoDone(model=self.runtime.name, frames=result.videos.shape[1], seeds=result.seeds)
+            done.stats.CopyFrom(mirrored(pb.Stats, result.stats))
+            yield pb.VideoEvent(done=done)
         except asyncio.CancelledError:
             self.runtime.scheduler.cancel(ticket)
             self.runtime.metrics_count("grpc", "cancelled")
@@ -142,6 +185,7 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
             default_size=info.get("default_size", []),
             strategies=strategies,
             loras=info.get("loras", []),
+            default_frames=info.get("default_frames") or 0,
             limits=mirrored(
                 pb.Limits, limits, overrides=[pb.Overridable(section=k, names=v) for k, v in limits.overrides.items()]
             ),
@@ -201,7 +245,7 @@ class GrpcServer:
 
     async def _serve(self) -> None:
         def refused(method: str) -> None:
-            if method.endswith(("/Generate", "/GenerateStream")):  # generation requests are the counted ones
+            if method.endswith(("/Generate", "/GenerateStream", "/GenerateVideo")):  # the counted generation calls
                 self.runtime.metrics_count("grpc", "unauthenticated")
 
         # Without a key every call is let in: no interceptor, whose coroutine layer each call would pay for.

@@ -9,7 +9,6 @@ A client that disconnects while its request waits or runs has the request cancel
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from pathlib import Path
@@ -26,7 +25,16 @@ from ditserve.serving.body_limit import BodyTooLarge
 from ditserve.serving.parsing import from_form, from_json
 from ditserve.serving.progress import ProgressRelay
 from ditserve.serving.runtime import Runtime
-from ditserve.serving.schemas import GenerateBody, encode_image, failure, result_json
+from ditserve.serving.schemas import (
+    FILE_FORMATS,
+    GenerateBody,
+    encode_image,
+    failure,
+    image_fields,
+    preview_image,
+    result_json,
+    video_fields,
+)
 from ditserve.serving.settings import SETTINGS
 
 PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
@@ -142,6 +150,9 @@ def request_bounds(runtime: Runtime) -> dict:
             "square": square,
         },
         "prompt_chars": limits.max_prompt_chars,
+        "frames": None
+        if not engine.makes_video
+        else {"min": 1, "max": limits.max_frames, "default": engine.adapter.default_frames(model)},
     }
 
 
@@ -175,19 +186,34 @@ def build_app(runtime: Runtime) -> Starlette:
 
     async def generate(request: Request) -> Response:
         body = await read_body(request)
-        if body.format == "png" and body.num_images != 1:
+        runtime.check_format(body.format)
+        if body.format in FILE_FORMATS and body.num_images != 1:
             raise HttpError(
-                400, "format 'png' returns one image; ask for num_images 1 or use 'json'", "invalid", "format"
+                400,
+                f"format {body.format!r} returns one file; ask for num_images 1 or use 'json'",
+                "invalid",
+                "format",
             )
         ticket = runtime.submit(body.to_request(), body.model, timeout_s=body.timeout_s)
         result = await wait_for(runtime, request, ticket)
-        if body.format == "png":
-            png = base64.b64decode(encode_image(result.images[0], result.seeds[0], "png")["b64"])
-            return Response(png, media_type="image/png", headers={"x-seed": str(result.seeds[0])})
-        return JSONResponse(result_json(runtime.name, result, body.format))
+        if body.format in FILE_FORMATS:
+            fields = (
+                image_fields(result.images[0], result.seeds[0], "png")
+                if result.videos is None
+                else await asyncio.to_thread(video_fields, result.videos[0], result.seeds[0], body.format, body.fps)
+            )
+            return Response(fields["data"], media_type=fields["mime_type"], headers={"x-seed": str(result.seeds[0])})
+        return JSONResponse(await answer_json(result, body.format, body.fps))
+
+    async def answer_json(result, fmt: str, fps: int) -> dict:
+        """The result as JSON; videos are encoded off the event loop (an MP4 runs ffmpeg)."""
+        if result.videos is None:
+            return result_json(runtime.name, result, fmt)
+        return await asyncio.to_thread(result_json, runtime.name, result, fmt, fps)
 
     async def stream(request: Request) -> Response:
         body = await read_body(request)
+        runtime.check_format(body.format)
         relay = ProgressRelay()
         ticket = runtime.submit(
             body.to_request(),
@@ -197,14 +223,13 @@ def build_app(runtime: Runtime) -> Starlette:
             preview_every=body.preview_every,
         )
         future = asyncio.wrap_future(ticket.future)
-        fmt = "raw" if body.format == "raw" else "json"
 
         async def events():
             try:
                 async for u in relay.until_done(future):
                     event = {"step": u.step, "total": u.total, "elapsed_s": round(u.elapsed, 4)}
                     if u.previews is not None:
-                        event["previews"] = [encode_image(p, 0, "png")["b64"] for p in u.previews]
+                        event["previews"] = [encode_image(preview_image(p), 0, "png")["b64"] for p in u.previews]
                     yield f"event: progress\ndata: {json.dumps(event)}\n\n"
                 try:
                     result = future.result()
@@ -213,8 +238,15 @@ def build_app(runtime: Runtime) -> Starlette:
                     runtime.metrics_count("http", f.status)
                     yield f"event: error\ndata: {json.dumps(f.json())}\n\n"
                     return
+                try:
+                    answer = await answer_json(result, body.format, body.fps)
+                except RequestError as err:  # a video over the encoded size bound
+                    f = failure(err)
+                    runtime.metrics_count("http", f.status)
+                    yield f"event: error\ndata: {json.dumps(f.json())}\n\n"
+                    return
                 runtime.metrics_count("http", "ok")
-                yield f"event: result\ndata: {json.dumps(result_json(runtime.name, result, fmt))}\n\n"
+                yield f"event: result\ndata: {json.dumps(answer)}\n\n"
             finally:
                 if not ticket.future.done():
                     runtime.scheduler.cancel(ticket)
@@ -233,8 +265,9 @@ def build_app(runtime: Runtime) -> Starlette:
 
     async def submit_task(request: Request) -> Response:
         body = await read_body(request)
+        runtime.check_format(body.format)
         ticket = runtime.submit(body.to_request(), body.model, timeout_s=body.timeout_s)
-        task = runtime.add_task(ticket, "raw" if body.format == "raw" else "json")
+        task = runtime.add_task(ticket, body.format, body.fps)
         return JSONResponse({"id": task.id, "status": task.status}, 202)
 
     def find(request: Request):
@@ -264,7 +297,7 @@ def build_app(runtime: Runtime) -> Starlette:
         err = task.ticket.future.exception()
         if err is not None:
             raise err
-        return JSONResponse(result_json(runtime.name, task.ticket.future.result(), task.format))
+        return JSONResponse(await answer_json(task.ticket.future.result(), task.format, task.fps))
 
     async def task_cancel(request: Request) -> Response:
         task = find(request)
@@ -307,6 +340,11 @@ def build_app(runtime: Runtime) -> Starlette:
         return HTMLResponse(PLAYGROUND.read_text())
 
     from ditserve.serving.openai import images_edits, images_generations, list_models
+    from ditserve.serving.openai_videos import video_routes
+
+    create_video, retrieve_video, video_content = video_routes(
+        runtime, wait_for, read_body, read_form, lambda message: HttpError(404, message, "not_found", "id")
+    )
 
     routes = [
         Route("/generate", counted(generate), methods=["POST"]),
@@ -320,6 +358,9 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/strategies", guarded(strategies), methods=["GET"]),
         Route("/v1/images/generations", counted(images_generations(runtime, wait_for, read_body)), methods=["POST"]),
         Route("/v1/images/edits", counted(images_edits(runtime, wait_for, read_form)), methods=["POST"]),
+        Route("/v1/videos", counted(create_video), methods=["POST"]),
+        Route("/v1/videos/{id}", guarded(retrieve_video), methods=["GET"]),
+        Route("/v1/videos/{id}/content", guarded(video_content), methods=["GET"]),
         Route("/v1/models", guarded(list_models(runtime)), methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/playground", playground, methods=["GET"]),

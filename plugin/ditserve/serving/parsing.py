@@ -161,6 +161,7 @@ def from_proto(message) -> GenerateBody:
         "lora",
         "lora_scale",
         "approx_cache",
+        "num_frames",
     ):
         if message.HasField(name):
             fields[name] = getattr(message, name)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ditserve.config import ModelConfig, load_config
 from ditserve.request import GenerationRequest
-from ditserve.serving.schemas import NotReady, UnknownModel
+from ditserve.serving.schemas import NotReady, UnknownModel, check_format
 
 if TYPE_CHECKING:  # the scheduler loads torch: imported when the engine loads, not with the transports
     from ditserve.scheduler import Scheduler, Ticket, Update
@@ -38,6 +38,8 @@ class Task:
     id: str
     ticket: Ticket
     format: str
+    fps: int = 8
+    """What a video model's video files play at."""
     step: int = 0
     total: int = 0
     created: float = field(default_factory=time.time)
@@ -167,8 +169,14 @@ class Runtime:
             raise NotReady(f"the engine of {self.name!r} is down (a rank died or hung); restart the service")
         return self.scheduler.submit(request.model_copy(update={"tenant": self.tenant}), **options)
 
-    def add_task(self, ticket: Ticket, fmt: str) -> Task:
-        task = Task(secrets.token_hex(8), ticket, fmt)
+    def check_format(self, fmt: str) -> None:
+        """Refuse an output format the served model cannot make, before any work (once loaded: `submit` refuses
+        every request until then)."""
+        if self.engine is not None:
+            check_format(fmt, self.engine.makes_video)
+
+    def add_task(self, ticket: Ticket, fmt: str, fps: int = 8) -> Task:
+        task = Task(secrets.token_hex(8), ticket, fmt, fps)
         ticket.on_progress = task.on_progress
         with self._tasks_lock:
             self.tasks[task.id] = task

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ditserve.errors import Cancelled, RequestError
 from ditserve.request import MAX_SEED, GenerationRequest
-from ditserve.serving import png
+from ditserve.serving import png, video_files
+from ditserve.serving.settings import SETTINGS
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +40,8 @@ class GenerateBody(BaseModel):
     num_images: int = Field(1, ge=1, le=100_000)
     height: int | None = Field(None, ge=1, le=100_000)
     width: int | None = Field(None, ge=1, le=100_000)
+    num_frames: int | None = Field(None, ge=1, le=100_000)
+    """Video models: frames per video (default: the model's); image models refuse it."""
     sampler: dict[str, Any] | None = None
     """Override of the plan's sampler, `{"name": ..., fields}`, where the model config allows it."""
     cache: dict[str, Any] | None = None
@@ -56,16 +59,23 @@ class GenerateBody(BaseModel):
     approx_cache: bool = True
     """Where the model's plan enables the cross-request cache: false starts this request from its own noise and
     keeps nothing of it (see `GenerationRequest.approx_cache`)."""
-    format: Literal["json", "png", "raw"] = "json"
-    """`json`: PNGs in base64; `png`: the one image as image/png; `raw`: exact float32 pixels in base64."""
+    format: Literal["json", "png", "raw", "mp4", "webp", "gif"] = "json"
+    """`json`: PNGs (a video model's: lossless animated WebPs) in base64; `png`: the one image as image/png; `raw`:
+    exact float32 pixels in base64; `mp4`, `webp`, `gif` (video models): the one video as that file, or in
+    JSON from the stream and task routes."""
+    fps: int = Field(8, ge=1, le=120)
+    """Video files: frames per second they play at."""
     preview_every: int = Field(0, ge=0, le=100_000)
     """Streaming: a preview image every k steps (0: none)."""
     timeout_s: float | None = Field(None, gt=0, le=86_400)
     """Give up after this many seconds (capped by the model's `timeout_s`)."""
 
     def to_request(self) -> GenerationRequest:
-        fields = self.model_dump(exclude={"model", "format", "preview_every", "timeout_s"})
+        fields = self.model_dump(exclude={"model", "format", "fps", "preview_every", "timeout_s"})
         return GenerationRequest(**fields)
+
+
+RAW_MIME = "application/x-float32"
 
 
 def image_fields(image: torch.Tensor, seed: int, fmt: str) -> dict:
@@ -73,7 +83,7 @@ def image_fields(image: torch.Tensor, seed: int, fmt: str) -> dict:
     named as the gRPC `Image` names its fields."""
     c, h, w = image.shape
     if fmt == "raw":
-        data, mime = image.contiguous().numpy().astype("<f4").tobytes(), "application/x-float32"
+        data, mime = image.contiguous().numpy().astype("<f4").tobytes(), RAW_MIME
     else:
         data, mime = png.encode(image), "image/png"
     return {"seed": seed, "mime_type": mime, "channels": c, "height": h, "width": w, "data": data}
@@ -84,6 +94,44 @@ def encode_image(image: torch.Tensor, seed: int, fmt: str) -> dict:
     fields = image_fields(image, seed, fmt)
     fields["b64"] = base64.b64encode(fields.pop("data")).decode()
     return fields
+
+
+FILE_FORMATS = {"png": "image/png", **video_files.MIME_TYPES}
+"""Formats `/generate` answers with the one image or video as a file instead of JSON."""
+
+
+def check_format(fmt: str, video: bool) -> None:
+    """Refuse an output format the served model cannot make: video files from an image model, PNG from a video one."""
+    if video and fmt == "png":
+        raise RequestError("format", "this model makes videos: ask for json, raw, mp4, webp or gif")
+    if not video and fmt in video_files.MIME_TYPES:
+        raise RequestError("format", "this model makes images: ask for json, png or raw")
+
+
+def preview_image(preview: torch.Tensor) -> torch.Tensor:
+    """A progress preview as one (C, H, W) image: a video's first frame."""
+    return preview[0] if preview.ndim == 4 else preview
+
+
+def video_fields(video: torch.Tensor, seed: int, fmt: str, fps: int) -> dict:
+    """One (frames, C, H, W) video in [0, 1]: its bytes and what describes them. `raw` is exact float32 frames,
+    `json` a lossless animated WebP, `mp4`/`webp`/`gif` that file; every encoding at most
+    `DITSERVE_MAX_VIDEO_BYTES`."""
+    frames, c, h, w = video.shape
+    limit = SETTINGS.max_video_bytes
+    if fmt == "raw":
+        data, mime = video_files.bounded(video.contiguous().numpy().astype("<f4").tobytes(), fmt, limit), RAW_MIME
+    else:
+        container = "webp" if fmt == "json" else fmt
+        data, mime = video_files.encode(video, container, fps, limit), video_files.MIME_TYPES[container]
+    return {"seed": seed, "mime_type": mime, "frames": frames, "channels": c, "height": h, "width": w, "data": data}
+
+
+def encode_video(video: torch.Tensor, seed: int, fmt: str, fps: int) -> dict:
+    """One video as JSON: its file or float32 bytes in base64, with `fps`."""
+    fields = video_fields(video, seed, fmt, fps)
+    fields["b64"] = base64.b64encode(fields.pop("data")).decode()
+    return fields | {"fps": fps}
 
 
 def stats_json(result: GenerationResult) -> dict:
@@ -103,7 +151,11 @@ def stats_json(result: GenerationResult) -> dict:
     }
 
 
-def result_json(model: str, result: GenerationResult, fmt: str) -> dict:
+def result_json(model: str, result: GenerationResult, fmt: str, fps: int = 8) -> dict:
+    """The answer's JSON: images, or a video model's videos (`fps`: what their files play at)."""
+    if result.videos is not None:
+        videos = [encode_video(video, seed, fmt, fps) for video, seed in zip(result.videos, result.seeds, strict=True)]
+        return {"model": model, "videos": videos, "stats": stats_json(result)}
     images = [encode_image(image, seed, fmt) for image, seed in zip(result.images, result.seeds, strict=True)]
     return {"model": model, "images": images, "stats": stats_json(result)}
 

@@ -6,6 +6,7 @@ has a default that is safe on an open network.
                                  BENTOML_CONTAINERIZED there, and binds its HTTP server to all interfaces)
     DITSERVE_GRPC_PORT           gRPC port, 0 for any free one                               (50051)
     DITSERVE_MAX_BODY_BYTES      largest request body on REST and request message on gRPC    (1 MiB)
+    DITSERVE_MAX_VIDEO_BYTES     largest encoded video in an answer (file, or raw frames)     (64 MiB)
     DITSERVE_HTTP_IDLE_S         REST: close a connection idle this long between requests,
                                  or from its opening until its first byte                   (5)
     DITSERVE_HTTP_READ_S         REST: close a connection whose request (headers and body)
@@ -40,6 +41,7 @@ class Settings:
     grpc_host: str = field(default_factory=_grpc_host)
     grpc_port: int = field(default_factory=lambda: int(os.environ.get("DITSERVE_GRPC_PORT", "50051")))
     max_body_bytes: int = field(default_factory=lambda: int(_number("DITSERVE_MAX_BODY_BYTES", 1 << 20)))
+    max_video_bytes: int = field(default_factory=lambda: int(_number("DITSERVE_MAX_VIDEO_BYTES", 64 << 20)))
     http_idle_s: float = field(default_factory=lambda: _number("DITSERVE_HTTP_IDLE_S", 5))
     http_read_s: float = field(default_factory=lambda: _number("DITSERVE_HTTP_READ_S", 30))
     grpc_idle_s: float = field(default_factory=lambda: _number("DITSERVE_GRPC_IDLE_S", 300))

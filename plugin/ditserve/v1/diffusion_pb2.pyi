@@ -26,7 +26,7 @@ class Strategy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength", "lora", "lora_scale", "approx_cache")
+    __slots__ = ("model", "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "format", "sampler", "preview_every", "cache", "init_image", "mask", "strength", "lora", "lora_scale", "approx_cache", "num_frames")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class GenerateRequest(_message.Message):
     LORA_FIELD_NUMBER: _ClassVar[int]
     LORA_SCALE_FIELD_NUMBER: _ClassVar[int]
     APPROX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     class_label: int
@@ -65,7 +66,8 @@ class GenerateRequest(_message.Message):
     lora: str
     lora_scale: float
     approx_cache: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., lora: _Optional[str] = ..., lora_scale: _Optional[float] = ..., approx_cache: _Optional[bool] = ...) -> None: ...
+    num_frames: int
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., class_label: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., num_images: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., sampler: _Optional[_Union[Strategy, _Mapping]] = ..., preview_every: _Optional[int] = ..., cache: _Optional[_Union[Strategy, _Mapping]] = ..., init_image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., lora: _Optional[str] = ..., lora_scale: _Optional[float] = ..., approx_cache: _Optional[bool] = ..., num_frames: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type", "seed", "channels", "height", "width")
@@ -146,6 +148,38 @@ class GenerateEvent(_message.Message):
     result: GenerateResponse
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
+class VideoFrame(_message.Message):
+    __slots__ = ("video", "index", "image")
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    video: int
+    index: int
+    image: Image
+    def __init__(self, video: _Optional[int] = ..., index: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class VideoDone(_message.Message):
+    __slots__ = ("model", "frames", "seeds", "stats")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    frames: int
+    seeds: _containers.RepeatedScalarFieldContainer[int]
+    stats: Stats
+    def __init__(self, model: _Optional[str] = ..., frames: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ...) -> None: ...
+
+class VideoEvent(_message.Message):
+    __slots__ = ("progress", "frame", "done")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    frame: VideoFrame
+    done: VideoDone
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ..., done: _Optional[_Union[VideoDone, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -163,7 +197,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_steps", "max_batch", "max_side", "max_prompt_chars", "max_queue", "timeout_s", "allow_overrides", "overrides")
+    __slots__ = ("max_steps", "max_batch", "max_side", "max_prompt_chars", "max_queue", "timeout_s", "allow_overrides", "overrides", "max_frames")
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +206,7 @@ class Limits(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ALLOW_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     max_steps: int
     max_batch: int
     max_side: int
@@ -180,7 +215,8 @@ class Limits(_message.Message):
     timeout_s: float
     allow_overrides: bool
     overrides: _containers.RepeatedCompositeFieldContainer[Overridable]
-    def __init__(self, max_steps: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_side: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_queue: _Optional[int] = ..., timeout_s: _Optional[float] = ..., allow_overrides: _Optional[bool] = ..., overrides: _Optional[_Iterable[_Union[Overridable, _Mapping]]] = ...) -> None: ...
+    max_frames: int
+    def __init__(self, max_steps: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_side: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_queue: _Optional[int] = ..., timeout_s: _Optional[float] = ..., allow_overrides: _Optional[bool] = ..., overrides: _Optional[_Iterable[_Union[Overridable, _Mapping]]] = ..., max_frames: _Optional[int] = ...) -> None: ...
 
 class Overridable(_message.Message):
     __slots__ = ("section", "names")
@@ -217,7 +253,7 @@ class StrategyInfo(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., about: _Optional[str] = ..., active: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[StrategyField, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "family", "conditioning", "labels", "default_size", "limits", "plan", "strategies", "loras")
+    __slots__ = ("name", "family", "conditioning", "labels", "default_size", "limits", "plan", "strategies", "loras", "default_frames")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +270,7 @@ class ModelInfo(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     LORAS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     conditioning: str
@@ -243,4 +280,5 @@ class ModelInfo(_message.Message):
     plan: _struct_pb2.Struct
     strategies: _containers.RepeatedCompositeFieldContainer[StrategyInfo]
     loras: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., conditioning: _Optional[str] = ..., labels: _Optional[_Mapping[int, str]] = ..., default_size: _Optional[_Iterable[int]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., loras: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_frames: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., conditioning: _Optional[str] = ..., labels: _Optional[_Mapping[int, str]] = ..., default_size: _Optional[_Iterable[int]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., loras: _Optional[_Iterable[str]] = ..., default_frames: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class DiffusionServiceStub:
                 request_serializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateEvent.FromString,
                 _registered_method=True)
+        self.GenerateVideo = channel.unary_stream(
+                '/ditserve.v1.DiffusionService/GenerateVideo',
+                request_serializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=ditserve_dot_v1_dot_diffusion__pb2.VideoEvent.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/ditserve.v1.DiffusionService/ListModels',
                 request_serializer=ditserve_dot_v1_dot_diffusion__pb2.ListModelsRequest.SerializeToString,
@@ -73,6 +78,14 @@ class DiffusionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateVideo(self, request, context):
+        """Video models (Generate and GenerateStream serve image models): progress after every step, then the videos
+        one frame per message, video after video, as each frame is encoded, then the stats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -97,6 +110,11 @@ def add_DiffusionServiceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.FromString,
                     response_serializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateEvent.SerializeToString,
+            ),
+            'GenerateVideo': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateVideo,
+                    request_deserializer=ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.FromString,
+                    response_serializer=ditserve_dot_v1_dot_diffusion__pb2.VideoEvent.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -163,6 +181,33 @@ class DiffusionService:
             '/ditserve.v1.DiffusionService/GenerateStream',
             ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.SerializeToString,
             ditserve_dot_v1_dot_diffusion__pb2.GenerateEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ditserve.v1.DiffusionService/GenerateVideo',
+            ditserve_dot_v1_dot_diffusion__pb2.GenerateRequest.SerializeToString,
+            ditserve_dot_v1_dot_diffusion__pb2.VideoEvent.FromString,
             options,
             channel_credentials,
             insecure,
