@@ -160,13 +160,23 @@ class ClipHook(ModelHook):
         layout, rank = self.call.layout, self.group.rank
         p_t = module.config.patch_size[0]
         frames = slice(rank * layout.clip_frames * p_t, (rank + 1) * layout.clip_frames * p_t)
-        clip = x[:, :, frames].contiguous()
-        args, kwargs = ((clip, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": clip})
-        timestep = kwargs.get("timestep")
-        if isinstance(timestep, torch.Tensor) and timestep.ndim == 2:  # one timestep per token, frame by frame
-            tokens = layout.clip_frames * self.call.tokens_per_frame
-            kwargs["timestep"] = timestep[:, rank * tokens : (rank + 1) * tokens]
-        return args, kwargs
+        tokens = layout.clip_frames * self.call.tokens_per_frame
+
+        def cut_timestep(timestep):  # one timestep per token, frame by frame: this clip's tokens
+            if isinstance(timestep, torch.Tensor) and timestep.ndim == 2:
+                return timestep[:, rank * tokens : (rank + 1) * tokens]
+            return timestep
+
+        args = list(args)
+        if args:
+            args[0] = x[:, :, frames].contiguous()
+        else:
+            kwargs["hidden_states"] = x[:, :, frames].contiguous()
+        if len(args) > 1:
+            args[1] = cut_timestep(args[1])
+        elif "timestep" in kwargs:
+            kwargs["timestep"] = cut_timestep(kwargs["timestep"])
+        return tuple(args), kwargs
 
     def post_forward(self, module, output):
         if self.group is None:
@@ -187,6 +197,11 @@ class GlobalPositionsHook(ModelHook):
     def new_forward(self, module, hidden_states):
         layout = self.call.layout
         b, c, frames, h, w = hidden_states.shape
+        if frames * layout.clips > module.max_seq_len:
+            raise ValueError(
+                f"a video of {frames * layout.clips} frames is longer than the {module.max_seq_len} positions of "
+                "this transformer's rotary embedding (`rope_max_seq_len`); ask for fewer frames"
+            )
         whole = hidden_states.new_empty(0, c, frames * layout.clips, h, w)  # the embedding reads shapes only
         cos, sin = self.fn_ref.original_forward(whole)
         tokens = layout.clip_frames * self.call.tokens_per_frame
