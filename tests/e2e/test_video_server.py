@@ -5,6 +5,7 @@ refused naming the field."""
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 from server_process import API_KEY, start_server, stop_server
+from test_playground import browser  # noqa: F401  (the fixture: one headless Chromium)
 
 from ditserve.client import ServerError
 
@@ -21,6 +23,8 @@ PROMPT = "a seven moving left"
 STEPS = 4
 FRAMES = 8
 """The model's default frame count (its checkpoint's)."""
+COMPARED_STEPS = 24
+"""Enough steps for FORA to reuse blocks (its default spacing, 0.06 of the schedule, is over a 12-step one)."""
 MAX_FRAMES = 32
 MAX_VIDEO_BYTES = 16 << 10
 """The server's encoded-video bound: above 8 frames of raw float32 16×16 pixels (8 KiB), below 32 frames' (32 KiB)."""
@@ -145,3 +149,45 @@ def test_image_formats_and_calls_and_oversized_videos_are_refused(server, rest, 
     client = OpenAI(api_key=API_KEY, base_url=f"{server.url}/v1", max_retries=0, timeout=60)
     with pytest.raises(BadRequestError, match="num_frames"):
         client.videos.create(prompt=PROMPT, seconds="5", extra_body={"steps": STEPS})  # 40 frames at 8 fps
+
+
+def webp_frames(b64: str) -> np.ndarray:
+    """Every frame of a base64 animated WebP, (frames, H, W, 3) bytes."""
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
+
+
+def test_the_playground_plays_the_video_and_compares_two_plans_frame_by_frame(server, rest, browser):  # noqa: F811
+    """The page offers frames within the model's bounds and no edits, shows each video as an animated WebP (what
+    /generate answers to the same request), and its PSNR between two plans is Python's over every frame."""
+    from selenium.webdriver.common.by import By
+    from test_playground import choose, field, generate, open_page, shown, type_into
+
+    page = open_page(browser, server, "digits-video (wan, text-conditioned")
+    frames = field(page, "frames")
+    assert [frames.get_attribute(a) for a in ("min", "max")] + [frames.get_property("value")] == ["1", "32", "8"]
+    assert not field(page, "edit-fieldset").is_displayed()
+    field(page, "mode-compare").click()
+    for id_, value in {
+        "prompt": PROMPT,
+        "steps": COMPARED_STEPS,
+        "frames": 12,
+        "num-images": 1,
+        "seed": 2,
+        "preview": 0,
+    }.items():
+        type_into(page, id_, value)
+    choose(page, "cache-a", "none")
+    choose(page, "cache-b", "fora")
+    generate(page)
+    assert field(page, "error").text == ""
+    sources = [img.get_attribute("src") for img in page.find_elements(By.CSS_SELECTOR, "#run-a .grid img")]
+    assert len(sources) == 1 and sources[0].startswith("data:image/webp;base64,")
+    ask = {"prompt": PROMPT, "steps": COMPARED_STEPS, "num_frames": 12, "seed": 2, "height": 16, "width": 16}
+    same = rest.generate(**ask, cache={"name": "none"})["videos"][0]["data"]
+    assert shown(page, "a") == [base64.b64encode(same).decode()]
+    a, b = (webp_frames(shown(page, run)[0]).astype(float) for run in "ab")
+    assert a.shape == (12, 16, 16, 3)
+    expected = 10 * np.log10(255**2 / ((a - b) ** 2).mean())
+    shown_db = float(field(page, "psnr").text.removesuffix(" dB"))
+    assert abs(shown_db - expected) < 0.01 and 10 < expected < 100  # the same sums, in doubles
