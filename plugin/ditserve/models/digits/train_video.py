@@ -75,8 +75,11 @@ def token_timesteps(sigma: torch.Tensor) -> torch.Tensor:
     return (sigma * SCHEDULER_CONFIG["num_train_timesteps"]).repeat_interleave(per_frame, dim=1)
 
 
-def velocity(pipe: WanPipeline, x0, noise, sigma, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's velocity at x_t = (1 − σ)x₀ + σε with per-frame σ (N, frames), and the target ε − x₀."""
+def velocity(
+    pipe: WanPipeline, x0, noise, sigma, prompts: list[str], **conditions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's velocity at x_t = (1 − σ)x₀ + σε with per-frame σ (N, frames), and the target ε − x₀;
+    `conditions` go to the transformer besides the prompt (the I2V model's `encoder_hidden_states_image`)."""
     unique = list(dict.fromkeys(prompts))
     embeds, _ = pipe.encode_prompt(
         unique, do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS, device=x0.device
@@ -88,6 +91,7 @@ def velocity(pipe: WanPipeline, x0, noise, sigma, prompts: list[str]) -> tuple[t
         timestep=token_timesteps(sigma),
         encoder_hidden_states=embeds[index],
         return_dict=False,
+        **conditions,
     )[0]
     return pred, noise - x0
 
