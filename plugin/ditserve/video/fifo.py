@@ -181,11 +181,15 @@ def fifo_frames(
     counts: FifoCounts | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield `frames` frames (N, C, H, W) of the N videos of `prompts` (video k seeded with `seeds[k]`), in
-    order, each as soon as it leaves the queue; the model's latent space (pixels in [-1, 1] for digits-video)."""
+    order, each as soon as it leaves the queue. Frames are in the model's latent space: for digits-video (no VAE)
+    the pixels in [-1, 1]; a Wan VAE packs several frames into one latent frame, so its latents are decoded
+    together once the video is done, not one by one. `counts` (if given) accumulates the model work."""
     config = config or FifoConfig()
     counts = counts if counts is not None else FifoCounts()
-    if len(seeds) != len(prompts):
-        raise ValueError(f"one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
+    if len(seeds) != len(prompts) or not prompts:
+        raise ValueError(f"one seed per prompt, at least one: {len(prompts)} prompts, {len(seeds)} seeds")
+    if frames < 1:
+        raise ValueError(f"frames must be ≥ 1, got {frames}")
     shape = model.adapter.latent_shape(model, *model.adapter.default_size(model))
     frame_shape = (shape[0], *shape[2:])
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
