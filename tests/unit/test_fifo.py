@@ -80,7 +80,7 @@ def test_each_call_sees_the_scheduled_diagonal(model, lookahead):
     """The per-frame timesteps that reach the transformer, call by call (warm-up pyramid, then the diagonal)."""
     config = replace(CONFIG, lookahead=lookahead)
     counts = FifoCounts()
-    frames = 6
+    frames = 4  # past the point where the front holds only frames that left
     with transformer_inputs(model) as calls:
         fifo_video(model, PROMPTS, frames, [0, 1], config, counts)
     iterations = range(-(config.steps - 1), frames)
@@ -138,9 +138,9 @@ def test_frames_leave_in_order_and_stream(model):
 
 
 def test_seeds_reproduce(model):
-    video = fifo_video(model, PROMPTS, 3, [5, 6], CONFIG)
-    torch.testing.assert_close(fifo_video(model, PROMPTS, 3, [5, 6], CONFIG), video, rtol=0, atol=0)
-    other = fifo_video(model, PROMPTS, 3, [5, 7], CONFIG)
+    video = fifo_video(model, PROMPTS, 2, [5, 6], CONFIG)
+    torch.testing.assert_close(fifo_video(model, PROMPTS, 2, [5, 6], CONFIG), video, rtol=0, atol=0)
+    other = fifo_video(model, PROMPTS, 2, [5, 7], CONFIG)
     torch.testing.assert_close(other[0], video[0], rtol=0, atol=1e-6)
     assert (other[1] - video[1]).abs().max() > 0.1
 
