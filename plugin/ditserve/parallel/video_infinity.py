@@ -25,6 +25,10 @@ Positions: Wan's rotary embedding reads the frame index from the token grid it i
 start at frame 0; a hook on `rope` gives each rank's tokens their positions in the whole video, and the keys it
 sends are rotated before they leave, so boundary and global keys carry their own positions.
 
+Each rank installs it on its transformer with `apply_video_infinity` (benchmarks/video_infinity.py runs
+WanPipeline that way). It is not yet a registered `PARALLEL` runner: the engine takes no video requests yet
+(the wan adapter's latents are one frame), and a runner would have nothing to cut.
+
 The single-process equivalent (`apply_dual_scope_mask`) computes the same attention pattern over the whole video
 in one process, as a frame-level mask on ordinary attention; on fp32 the ranks match it to float rounding.
 
@@ -231,11 +235,12 @@ class ClipContextAttention:
         rank, last = self.group.rank, self.group.size - 1
         if b == 0:
             return []
-        sends = []
+        outgoing = []  # (tensor, neighbour): each kept until its send completes
         if rank > 0:
-            sends.append(self.comm.send(kv[:, :, :, :b], self.group, rank - 1))
+            outgoing.append((kv[:, :, :, :b].contiguous(), rank - 1))
         if rank < last:
-            sends.append(self.comm.send(kv[:, :, :, -b:], self.group, rank + 1))
+            outgoing.append((kv[:, :, :, -b:].contiguous(), rank + 1))
+        sends = [self.comm.send(tensor, self.group, neighbour) for tensor, neighbour in outgoing]
         received = []
         if rank > 0:
             received.append(self.comm.recv(kv[:, :, :, :b], self.group, rank - 1))
