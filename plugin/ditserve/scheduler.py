@@ -389,18 +389,18 @@ class Scheduler:
 
     def _joiners(self, running_images: int, running: Ticket | None) -> list[Ticket]:
         """Queued tickets that join the continuous batch now, oldest first: while they fit in `batch_images`
-        (the first into an empty batch always), have the running batch's image size, and none older is waiting
-        for a static batch."""
+        (the first into an empty batch always), have the running batch's image size (and frames: videos), and none
+        older is waiting for a static batch."""
         room = self.limits.batch_images - running_images
-        shape = None if running is None else (running.job.height, running.job.width)
+        shape = None if running is None else running.job.latent_shape(self.engine.model)
         joined = []
         with self._cond:
             while self._queue and self._queue[0].mixes:
                 ticket = self._queue[0]
                 fits = ticket.images <= room or (running is None and not joined)
-                if not fits or (shape is not None and (ticket.job.height, ticket.job.width) != shape):
+                if not fits or (shape is not None and ticket.job.latent_shape(self.engine.model) != shape):
                     break
-                shape = (ticket.job.height, ticket.job.width)
+                shape = ticket.job.latent_shape(self.engine.model)
                 joined.append(self._queue.popleft())
                 room -= ticket.images
             if joined:

@@ -191,3 +191,23 @@ def test_the_playground_plays_the_video_and_compares_two_plans_frame_by_frame(se
     expected = 10 * np.log10(255**2 / ((a - b) ** 2).mean())
     shown_db = float(field(page, "psnr").text.removesuffix(" dB"))
     assert abs(shown_db - expected) < 0.01 and 10 < expected < 100  # the same sums, in doubles
+
+
+def test_videos_of_different_lengths_never_share_a_model_call(rest):
+    """Continuous batching joins a request to the running batch only when its videos have the batch's shape: two
+    requests of 8 and 12 frames submitted together both finish, each with its own frames."""
+    ids = [
+        rest.submit(prompt=PROMPT, seed=k, steps=COMPARED_STEPS, num_frames=frames) for k, frames in enumerate((8, 12))
+    ]
+    results = [poll_result(rest, task) for task in ids]
+    assert [r["videos"][0]["frames"] for r in results] == [8, 12]
+
+
+def poll_result(rest, task: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 120
+    while (result := rest.result(task)) is None:
+        assert time.monotonic() < deadline, rest.task(task)
+        time.sleep(0.05)
+    return result
