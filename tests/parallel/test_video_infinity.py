@@ -2,8 +2,9 @@
 
 A seeded random tiny Wan transformer with digits-video's frames runs one call on a 16-frame video with a
 timestep per token (as the diffusion-forcing model takes them): on 2 spawned ranks, one 8-frame clip each, and
-in one process with the same dual-scope pattern as a frame mask. The ranks must match it within 1e-4, send
-exactly the bytes of the docstring's formula, and give their clip's tokens their frame positions in the video.
+in one process with the same dual-scope pattern, clip by clip (itself checked against the layout's frame mask).
+The ranks must match it within 1e-4, send exactly the bytes of the docstring's formula, and give their clip's
+tokens their frame positions in the video.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import pytest
 import torch
 
 from ditserve.parallel.video_infinity import (
+    CallLayout,
+    ClipByClipAttention,
     ClipLayout,
     VideoInfinityConfig,
-    apply_dual_scope_mask,
+    apply_single_process_equivalent,
     remove_video_infinity,
 )
 
@@ -58,7 +61,7 @@ def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
     from ditserve.parallel.video_infinity import apply_video_infinity
 
     torch.set_num_threads(1)
-    init_loopback(rank, CLIPS, rendezvous, timeout_s=60)
+    init_loopback(rank, CLIPS, rendezvous, timeout_s=300)
     transformer, comm = random_transformer(), Comm()
     apply_video_infinity(transformer, CONFIG, Group(list(range(CLIPS)), dist.group.WORLD, rank), comm)
     positions = []
@@ -70,17 +73,17 @@ def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
 
 
 def single_process() -> dict:
-    """The call with full attention, with the masked dual-scope pattern, and after removing it; the whole video's
+    """The call with full attention, with the dual-scope pattern, and after removing it; the whole video's
     rotary embedding."""
     transformer = random_transformer()
     with torch.no_grad():
         full = transformer(**call_inputs())[0]
-        apply_dual_scope_mask(transformer, CONFIG, CLIPS)
-        masked = transformer(**call_inputs())[0]
+        apply_single_process_equivalent(transformer, CONFIG, CLIPS)
+        dual_scope = transformer(**call_inputs())[0]
         remove_video_infinity(transformer)
         again = transformer(**call_inputs())[0]
         rope_cos = transformer.rope(call_inputs()["hidden_states"])[0]
-    return {"full": full, "masked": masked, "again": again, "rope_cos": rope_cos}
+    return {"full": full, "dual_scope": dual_scope, "again": again, "rope_cos": rope_cos}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def outcomes(tmp_path_factory) -> tuple[list[dict], dict]:
         process.start()
     single = single_process()
     for process in processes:
-        process.join(timeout=120)
+        process.join(timeout=600)
         if process.is_alive():
             process.kill()
     assert [p.exitcode for p in processes] == [0] * CLIPS
@@ -103,9 +106,9 @@ def outcomes(tmp_path_factory) -> tuple[list[dict], dict]:
 def test_the_ranks_equal_the_single_process_dual_scope_attention(outcomes):
     ranks, single_process = outcomes
     for rank in ranks:
-        assert (rank["out"] - single_process["masked"]).abs().max().item() <= 1e-4
+        assert (rank["out"] - single_process["dual_scope"]).abs().max().item() <= 1e-4
     # the pattern is not full attention: ten times the tolerance apart (a vacuous test would pass with any context)
-    assert (single_process["masked"] - single_process["full"]).abs().max().item() > 1e-3
+    assert (single_process["dual_scope"] - single_process["full"]).abs().max().item() > 1e-3
 
 
 def test_each_clip_gets_its_frame_positions_in_the_whole_video(outcomes):
@@ -128,10 +131,19 @@ def test_the_processor_is_wans_own_when_every_frame_is_visible_and_comes_off_cle
     transformer = random_transformer()
     everything = VideoInfinityConfig(boundary_frames=FRAMES // CLIPS, global_frames=0)
     with torch.no_grad():
-        apply_dual_scope_mask(transformer, everything, CLIPS)
+        apply_single_process_equivalent(transformer, everything, CLIPS)
         out = transformer(**call_inputs())[0]
     assert (out - single_process["full"]).abs().max().item() <= 1e-5
     assert torch.equal(single_process["again"], single_process["full"])
+
+
+def test_the_single_process_equivalent_is_attention_under_the_layouts_frame_mask():
+    call = CallLayout(4, VideoInfinityConfig(boundary_frames=1, global_frames=2))
+    call.start(torch.empty(1, 1, 16, 4, 4), (1, 2, 2))  # 4 clips of 4 frames, 4 tokens a frame
+    q, k, v = torch.randn(3, 1, 2, 64, 8).unbind(0)
+    mask = call.layout.frame_mask().repeat_interleave(4, dim=0).repeat_interleave(4, dim=1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert (ClipByClipAttention(call)(q, k, v) - expected).abs().max().item() <= 1e-6
 
 
 def test_the_layout_sees_its_clip_its_neighbours_boundary_and_the_global_frames():

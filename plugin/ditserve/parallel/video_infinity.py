@@ -29,8 +29,10 @@ Each rank installs it on its transformer with `apply_video_infinity` (benchmarks
 WanPipeline that way). It is not yet a registered `PARALLEL` runner: the engine takes no video requests yet
 (the wan adapter's latents are one frame), and a runner would have nothing to cut.
 
-The single-process equivalent (`apply_dual_scope_mask`) computes the same attention pattern over the whole video
-in one process, as a frame-level mask on ordinary attention; on fp32 the ranks match it to float rounding.
+The single-process equivalent (`apply_single_process_equivalent`) computes the same attention over the whole video
+in one process, clip by clip with the keys a rank would gather; `ClipLayout.frame_mask` states the pattern as a
+frame-level mask on ordinary attention (the tests check that the two agree). On fp32 the ranks match the single
+process to float rounding.
 
 Bytes each rank sends per transformer call (element size e, batch b, attention width W = heads × head dim,
 T tokens per frame, L self-attentions, n(r) ∈ {1, 2} neighbours, B = boundary_frames, G = global_frames,
@@ -251,16 +253,27 @@ class ClipContextAttention:
         return received
 
 
-class MaskedDualScopeAttention:
-    """The single-process equivalent: every frame's queries over the whole video, masked to their clip's scopes."""
+class ClipByClipAttention:
+    """The single-process equivalent: for each clip in turn, its queries over the keys/values a rank would hold
+    (own frames, neighbours' boundary frames, distant global frames, in the ranks' order, so the sums run as
+    theirs do and a whole sampling run stays within float rounding of the ranks)."""
 
     def __init__(self, call: CallLayout) -> None:
         self.call = call
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        t = self.call.tokens_per_frame
-        mask = self.call.layout.frame_mask().repeat_interleave(t, dim=0).repeat_interleave(t, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device))
+        layout, t = self.call.layout, self.call.tokens_per_frame
+        f, b = layout.clip_frames, layout.config.boundary_frames
+        kv = torch.stack([k, v]).unflatten(3, (layout.frames, t))  # (2, B, H, frames, T, D)
+        outs = []
+        for clip in range(layout.clips):
+            own = range(clip * f, (clip + 1) * f)
+            left = range(max(0, own.start - b), own.start)
+            right = range(own.stop, min(layout.frames, own.stop + b))
+            distant = [layout.global_frames()[i] for i in layout.distant_global(clip)]
+            keys = kv[:, :, :, [*own, *left, *right, *distant]].flatten(3, 4)
+            outs.append(F.scaled_dot_product_attention(q[:, :, own.start * t : own.stop * t], keys[0], keys[1]))
+        return torch.cat(outs, dim=2)
 
 
 class DualScopeProcessor:
@@ -309,11 +322,11 @@ def apply_video_infinity(transformer, config: VideoInfinityConfig, group, comm) 
     _install(transformer, call, attention, ClipHook(call, group, comm), group.rank)
 
 
-def apply_dual_scope_mask(transformer, config: VideoInfinityConfig, clips: int) -> None:
-    """Video-Infinity's attention pattern for `clips` clips computed in this one process over the whole video
-    (the reference the ranks must match; undo: `remove_video_infinity`)."""
+def apply_single_process_equivalent(transformer, config: VideoInfinityConfig, clips: int) -> None:
+    """Video-Infinity's attention pattern for `clips` clips computed in this one process over the whole video,
+    clip by clip (the reference the ranks must match; undo: `remove_video_infinity`)."""
     call = CallLayout(clips, config)
-    _install(transformer, call, MaskedDualScopeAttention(call), ClipHook(call), None)
+    _install(transformer, call, ClipByClipAttention(call), ClipHook(call), None)
 
 
 def remove_video_infinity(transformer) -> None:
