@@ -1,7 +1,7 @@
 """FIFO-Diffusion on digits-video: videos 4× (and 8×) the trained 8 frames, against the trained length and the
 naive long video.
 
-    python benchmarks/video_fifo.py [--prompts 12] [--frames 32] [--long 0] [--partitions 4] [--starts noise video]
+    python benchmarks/video_fifo.py [--prompts 12] [--frames 32] [--long 0] [--partitions 2] [--starts video noise]
     python benchmarks/video_fifo.py --quick    # smoke run (benchmarks/video.py --quick): writes video-fifo-quick.md
 
 The same `--prompts` example prompts (every digit meets every motion, `video_prompts.example_clips`), one video
@@ -9,8 +9,8 @@ each, prompt k seeded with seed + k, guidance `--guidance-scale`, S = 8 × `--pa
 row. Rows:
 - trained length: 8-frame videos through diffusers' WanPipeline (quality_baseline_video.generate);
 - naive long video: the model on all `--frames` frames at once (WanPipeline, full attention);
-- FIFO (video/fifo.py, lookahead on) at `--frames` frames, once per queue start in `--starts` (pure noise with the
-  pyramid warm-up; the paper's diagonally noised base video); and without lookahead from the first start;
+- FIFO (video/fifo.py, lookahead on) at `--frames` frames, once per queue start in `--starts` (the paper's
+  diagonally noised base video; pure noise with the pyramid warm-up); and without lookahead from the first start;
 - with `--long N`: FIFO from the first start at N frames.
 Each judged by quality/video.py (per-frame digit accuracy, all frames right, motion accuracy, smoothness,
 Fréchet of the frames' crops to held-out digits); the spread is the standard error over videos of the per-video
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=4 * FRAMES)
     parser.add_argument("--long", type=int, default=0, help="also FIFO at this many frames (0: skip)")
     parser.add_argument("--partitions", type=int, default=FifoConfig().partitions)
-    parser.add_argument("--starts", nargs="+", default=["noise", "video"], choices=["noise", "video"])
+    parser.add_argument("--starts", nargs="+", default=["video", "noise"], choices=["video", "noise"])
     parser.add_argument("--no-plain", action="store_true", help="skip the row without lookahead")
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -199,7 +200,7 @@ def report(args, argv, config: FifoConfig, rows: list[Row], other_load: float) -
         f"{args.guidance_scale}, {args.steps} flow-Euler steps in every row (FIFO: window {config.window} frames × "
         f"{config.partitions} partitions, one frame per level). torch on {args.threads} thread(s); other load at the "
         f"start: {other_load:.1f} cores busy. Produced by `python benchmarks/video_fifo.py"
-        f"{'' if argv is None else ' ' + ' '.join(argv)}`.",
+        f"{''.join(' ' + a for a in (sys.argv[1:] if argv is None else argv))}`.",
         "",
         "## Goal",
         "",

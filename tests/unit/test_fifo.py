@@ -26,8 +26,8 @@ from ditserve.video.fifo import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["a seven moving left", "3 moving up"]
-CONFIG = FifoConfig(window=4, partitions=2, guidance_scale=1.0)
-"""A queue of S = 8 levels in windows of 4 frames: small enough for milliseconds per call."""
+CONFIG = FifoConfig(window=4, partitions=2, start="noise", guidance_scale=1.0)
+"""A queue of S = 8 levels in windows of 4 frames (small enough for milliseconds per call), from pure noise."""
 
 
 @pytest.fixture(scope="module")
