@@ -313,6 +313,7 @@ class Front:
         if frames > self.config.limits.max_frames:
             raise RequestError("num_frames", f"must be at most {self.config.limits.max_frames} (got {frames})")
         self.adapter.check_frames(self.model, frames)
+        self.parallel.check_frames(self.model, frames)
         return frames
 
     def _lora(self, request: GenerationRequest) -> tuple[str, float] | None:

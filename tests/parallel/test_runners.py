@@ -62,7 +62,10 @@ QUICK = ("dit-ulysses2", "dit-ring2", "dit-cfg2", "dit-usp2x1", "dit-usp1x2", "d
 (slow); at 2 ranks USP runs each of its axes alone (its all-to-all around a ring of one, its ring inside a
 Ulysses group of one). DistriFusion under Δ-DiT, a cache that skips some blocks of a call, checks that each
 self-attention keeps its own stale keys/values (counted by calls, they went to the wrong layer: 20 dB)."""
-ELSEWHERE = {"data": "test_engine_ranks.py (replicas are the executor's, not a hook's)"}
+ELSEWHERE = {
+    "data": "test_engine_ranks.py (replicas are the executor's, not a hook's)",
+    "video-infinity": "test_video_infinity.py (a video runner: digits-video, not the image models here)",
+}
 """Runners whose battery runs outside the scenarios: data parallelism installs nothing on the model."""
 
 

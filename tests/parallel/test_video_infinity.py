@@ -4,16 +4,22 @@ A seeded random tiny Wan transformer with digits-video's frames runs one call on
 timestep per token (as the diffusion-forcing model takes them): on 2 spawned ranks, one 8-frame clip each, and
 in one process with the same dual-scope pattern, clip by clip (itself checked against the layout's frame mask).
 The ranks must match it within 1e-4, send exactly the bytes of the docstring's formula, and give their clip's
-tokens their frame positions in the video.
+tokens their frame positions in the video. End to end, the registered runner serves the shipped digits-video
+through the multi-process executor as the single-process equivalent does in one engine.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from ditserve import config as config_module
+from ditserve.config import parse_config
+from ditserve.errors import PlanError, RequestError
 from ditserve.parallel.video_infinity import (
     CallLayout,
     ClipByClipAttention,
@@ -22,6 +28,7 @@ from ditserve.parallel.video_infinity import (
     apply_single_process_equivalent,
     remove_video_infinity,
 )
+from ditserve.request import GenerationRequest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,3 +162,46 @@ def test_the_layout_sees_its_clip_its_neighbours_boundary_and_the_global_frames(
     assert visible == [2, 6, 10, 14, *range(15, 25), 26, 30]
     with pytest.raises(ValueError, match="at most 8 of each"):
         ClipLayout(4, 8, VideoInfinityConfig(boundary_frames=9))
+
+
+VIDEO = GenerationRequest(prompt="a seven moving left", num_frames=16, steps=2, seed=3)
+"""Two of digits-video's trained 8-frame clips, two steps."""
+
+
+def shipped(name: str, parallel: dict):
+    """The shipped config `name` with `plan.parallel` replaced (ranks may take minutes to start on a loaded machine)."""
+    data = yaml.safe_load((Path(config_module.__file__).parent / "configs" / f"{name}.yaml").read_text())
+    data["plan"]["parallel"] = parallel if parallel["name"] == "none" else {"start_timeout_s": 900.0, **parallel}
+    return parse_config(data)
+
+
+def test_the_registered_runner_serves_digits_video_as_the_single_process_equivalent():
+    """2 ranks through the executor against one engine with `apply_single_process_equivalent`; a frame count the
+    clips cannot split is refused before the ranks see it."""
+    from ditserve.engine import Engine
+    from ditserve.parallel.executor import RankExecutor, open_executor
+
+    runner = {"name": "video-infinity", "clips": 2, "boundary_frames": 2, "global_frames": 2}
+    executor = open_executor(shipped("digits-video", runner))
+    try:
+        assert isinstance(executor, RankExecutor)
+        engine = Engine(shipped("digits-video", {"name": "none"}))
+        plain = engine.generate(VIDEO).videos
+        apply_single_process_equivalent(engine.model.transformer, CONFIG, CLIPS)
+        expected = engine.generate(VIDEO).videos
+        with pytest.raises(RequestError, match="cannot split") as refused:
+            executor.validate(VIDEO.model_copy(update={"num_frames": 15}))
+        assert refused.value.field == "num_frames"
+        videos = executor.generate(VIDEO).videos
+    finally:
+        executor.close()
+    assert videos.shape == expected.shape == (1, 16, 1, 16, 16)
+    assert (videos - expected).abs().max().item() <= 1e-4
+    assert (plain - expected).abs().max().item() > 1e-3  # the clips' context is not the whole video's
+
+
+def test_the_runner_refuses_a_model_that_is_not_wan_at_load():
+    from ditserve.parallel.executor import open_executor
+
+    with pytest.raises(PlanError, match="not family 'dit'"):
+        open_executor(shipped("digits-dit", {"name": "video-infinity", "clips": 2}))

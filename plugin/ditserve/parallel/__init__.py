@@ -10,5 +10,6 @@ BUILTINS: dict[str, str] = {
     "ring": "ditserve.parallel.ring:Ring",
     "ulysses": "ditserve.parallel.ulysses:Ulysses",
     "usp": "ditserve.parallel.usp:USP",
+    "video-infinity": "ditserve.parallel.video_infinity:VideoInfinity",
 }
 """The built-in strategies, name → "module:Class": a module is imported when its name is first looked up."""

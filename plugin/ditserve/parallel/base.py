@@ -38,6 +38,10 @@ class ParallelRunner(Strategy):
     def check_size(self, model: LoadedModel, height: int, width: int) -> None:
         """Refuse a request size this runner cannot cut (raises `RequestError`), before any rank sees it."""
 
+    def check_frames(self, model: LoadedModel, frames: int) -> None:
+        """Refuse a video's frame count this runner cannot cut (raises `RequestError` on `num_frames`), before
+        any rank sees it; called for video models only."""
+
     def apply(self, model: LoadedModel, placement) -> None:
         """Install this runner's share of the work on one rank's model (`placement`: its process groups)."""
 

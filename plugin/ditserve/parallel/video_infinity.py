@@ -26,8 +26,9 @@ start at frame 0; a hook on `rope` gives each rank's tokens their positions in t
 sends are rotated before they leave, so boundary and global keys carry their own positions.
 
 Each rank installs it on its transformer with `apply_video_infinity` (benchmarks/video_infinity.py runs
-WanPipeline that way). It is not yet a registered `PARALLEL` runner: the engine takes no video requests yet
-(the wan adapter's latents are one frame), and a runner would have nothing to cut.
+WanPipeline that way). As a runner, `plan.parallel: {name: video-infinity, clips: N}` puts one clip on each of
+N ranks of the multi-process executor (the clips are the ring axis of the layout; cfg and dp compose with it);
+a request whose latent frames N clips cannot split equally is refused before the ranks see it.
 
 The single-process equivalent (`apply_single_process_equivalent`) computes the same attention over the whole video
 in one process, clip by clip with the keys a rank would gather; `ClipLayout.frame_mask` states the pattern as a
@@ -44,13 +45,18 @@ output of C channels and P pixels per frame):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 from pydantic import BaseModel, ConfigDict, Field
 
+from ditserve.errors import PlanError, RequestError
 from ditserve.hooks import add_hook, remove_hook
+from ditserve.parallel.distributed import DistributedConfig, DistributedRunner
+from ditserve.parallel.groups import Degrees
+from ditserve.registry import PARALLEL
 
 CLIP_HOOK = "ditserve.video_infinity_clip"
 """The name of the hook that cuts a transformer call to this rank's clip and gathers the clips' outputs."""
@@ -337,3 +343,61 @@ def remove_video_infinity(transformer) -> None:
             attn.set_processor(original)
     remove_hook(transformer, POSITIONS_HOOK)
     remove_hook(transformer, CLIP_HOOK)
+
+
+class VideoInfinityRunnerConfig(DistributedConfig, VideoInfinityConfig):
+    """Video-Infinity's context fields (`VideoInfinityConfig`) and the ranks' degrees; one clip per rank."""
+
+    name: Literal["video-infinity"] = "video-infinity"
+    clips: int = Field(2, ge=2, le=64)
+    """Ranks, one clip (an equal run of the video's latent frames) each; must divide the latent frames."""
+
+    def degrees(self) -> Degrees:
+        return Degrees(ring=self.clips, cfg=self.cfg, dp=self.dp)
+
+    def context(self) -> VideoInfinityConfig:
+        return VideoInfinityConfig(boundary_frames=self.boundary_frames, global_frames=self.global_frames)
+
+
+@PARALLEL.register("video-infinity")
+class VideoInfinity(DistributedRunner):
+    """Video-Infinity: a long video cut into clips, one per rank, each attending to its neighbours' boundary
+    frames and every clip's global frames."""
+
+    Config = VideoInfinityRunnerConfig
+
+    def check(self, model, plan) -> None:
+        family = model.adapter.family
+        if family != "wan":
+            raise PlanError(
+                f"runner 'video-infinity' cuts videos of the wan family, not family {family!r}; serve this model "
+                "with a runner for its family (`ulysses`, `ring`, `cfg`, `data`)"
+            )
+
+    def check_size(self, model, height: int, width: int) -> None:
+        """Every size is cut: the clips split frames, not tokens (`check_frames` checks those)."""
+
+    def check_frames(self, model, frames: int) -> None:
+        """Refuse a frame count whose latent frames the clips cannot split equally, or whose clips are too short
+        to lend their boundary and global frames."""
+        clips, context = self.config.clips, self.config.context()
+        latent = model.adapter.latent_shape(model, *model.adapter.default_size(model), frames=frames)[1]
+        latent //= model.transformer.config.patch_size[0]
+        if latent % clips:
+            raise RequestError(
+                "num_frames",
+                f"{frames} frames make {latent} latent frames, which {clips} clips (plan.parallel.clips) cannot "
+                f"split equally; ask for a frame count whose latent frames are a multiple of {clips}",
+            )
+        need = max(context.boundary_frames, context.global_frames)
+        if latent // clips < need:
+            raise RequestError(
+                "num_frames",
+                f"{frames} frames make clips of {latent // clips} latent frames, too short to lend {need} boundary "
+                f"or global frames each; ask for at least {need * clips} latent frames",
+            )
+
+    def install(self, model, placement) -> None:
+        transformer = model.transformer
+        apply_video_infinity(transformer, self.config.context(), placement.groups.sp, placement.comm)
+        self.installed(lambda: remove_video_infinity(transformer))
