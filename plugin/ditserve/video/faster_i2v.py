@@ -14,7 +14,19 @@ unaccelerated one, bit for bit. What it saves: the image attention (q·k_imgᵀ 
 and the image key/value projections, in every block, from the switch on.
 
 Where it stops mattering, measured on digits-video-i2v (benchmarks/video_faster_i2v.py,
-benchmarks/results/video-faster-i2v.md): MEASURED_HERE
+benchmarks/results/video-faster-i2v.md; 8 held-out first frames, 28 steps). The image term's share of attn2's
+output, ‖W_out·term‖/‖output‖, is 0.06-0.20 per block and nearly flat over the steps (block 0 rises from 0.055
+to 0.106 towards σ = 0, the others stay at 0.12-0.20): no step where it fades by itself. What it changes in the
+video does fade: reusing it from σ = 0.8 / 0.6 / 0.4 / 0.2 on keeps the videos at 39.3 / 44.0 / 51.2 / 60.3 dB of
+the unaccelerated ones (dropping it: 33.1 / 37.0 / 43.0 / 49.1 dB), per-frame accuracy 0.188-0.203 against 0.203.
+It stops mattering after the first ~20% of the noise range: the default (cache, σ ≤ 0.8) is the earliest switch
+measured that holds 30 dB and the accuracies within 0.02. It leaves out 79% of the image terms, which is only
+2.5% of the attention FLOPs (17 image keys beside 512 video and 8 text keys) and 1.6% of all FLOPs; wall
+speed-up 1.11 (0.96-1.15 over 3 pairs, CPU, loaded machine), within noise. On this model the image term is cheap,
+so the technique saves little; it pays where image tokens are many against video tokens.
+
+One transformer call per step is assumed (classifier-free guidance rows batched, as video_i2v.generate does):
+with the branches in separate calls, `cache` would hand one branch's kept term to the other.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ HOOK_NAME = "faster_i2v"
 class FasterI2VConfig:
     """When the image term stops being computed and what stands in for it."""
 
-    switch_sigma: float = 0.5
+    switch_sigma: float = 0.8
     """Noise level (σ in (0, 1]) at and below which the image term is not computed."""
     mode: Literal["cache", "skip"] = "cache"
     """`cache`: add each block's image term from the last call above the switch; `skip`: add none."""
