@@ -105,36 +105,14 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         self.runtime.metrics_count("grpc", "ok")
         return to_response(self.runtime.name, result, body.format)
 
-    async def GenerateStream(self, request, context):
-        relay = ProgressRelay()
-        try:
-            body = from_proto(request)
-            ticket = self._submit(body, context, on_progress=relay.on_progress, preview_every=body.preview_every)
-        except Exception as err:  # refused before any work: its status, counted
-            await self._fail(context, err)
-            return
-        future = asyncio.wrap_future(ticket.future)
-        try:
-            async for u in relay.until_done(future):
-                yield pb.GenerateEvent(progress=progress(u))
-            try:
-                result = future.result()
-            except Exception as err:  # failed while running: its status, counted
-                await self._fail(context, err)
-                return
-            self.runtime.metrics_count("grpc", "ok")
-            yield pb.GenerateEvent(result=to_response(self.runtime.name, result, body.format))
-        except asyncio.CancelledError:
-            self.runtime.scheduler.cancel(ticket)
-            self.runtime.metrics_count("grpc", "cancelled")
-            raise
-
-    async def GenerateVideo(self, request, context):
+    async def _stream(self, request, context, event, answer, video: bool = False):
+        """A streaming call: `event(progress=...)` after every step while the request runs, then the messages
+        `answer(body, result)` makes of the result; a refusal or failure ends it with its status, counted."""
         relay = ProgressRelay()
         try:
             body = from_proto(request)
             ticket = self._submit(
-                body, context, video=True, on_progress=relay.on_progress, preview_every=body.preview_every
+                body, context, video=video, on_progress=relay.on_progress, preview_every=body.preview_every
             )
         except Exception as err:  # refused before any work: its status, counted
             await self._fail(context, err)
@@ -142,24 +120,39 @@ class DiffusionServicer(pb_grpc.DiffusionServiceServicer):
         future = asyncio.wrap_future(ticket.future)
         try:
             async for u in relay.until_done(future):
-                yield pb.VideoEvent(progress=progress(u))
+                yield event(progress=progress(u))
             try:
                 result = future.result()
             except Exception as err:  # failed while running: its status, counted
                 await self._fail(context, err)
                 return
-            for k, (video, seed) in enumerate(zip(result.videos, result.seeds, strict=True)):
-                for index, frame in enumerate(video):
-                    image = pb.Image(**image_fields(frame, seed, body.format))
-                    yield pb.VideoEvent(frame=pb.VideoFrame(video=k, index=index, image=image))
             self.runtime.metrics_count("grpc", "ok")
-            done = pb.VideoDone(model=self.runtime.name, frames=result.videos.shape[1], seeds=result.seeds)
-            done.stats.CopyFrom(mirrored(pb.Stats, result.stats))
-            yield pb.VideoEvent(done=done)
+            for message in answer(body, result):
+                yield message
         except asyncio.CancelledError:
             self.runtime.scheduler.cancel(ticket)
             self.runtime.metrics_count("grpc", "cancelled")
             raise
+
+    async def GenerateStream(self, request, context):
+        def answer(body, result):
+            yield pb.GenerateEvent(result=to_response(self.runtime.name, result, body.format))
+
+        async for message in self._stream(request, context, pb.GenerateEvent, answer):
+            yield message
+
+    async def GenerateVideo(self, request, context):
+        def answer(body, result):
+            for k, (video, seed) in enumerate(zip(result.videos, result.seeds, strict=True)):
+                for index, frame in enumerate(video):
+                    image = pb.Image(**image_fields(frame, seed, body.format))
+                    yield pb.VideoEvent(frame=pb.VideoFrame(video=k, index=index, image=image))
+            done = pb.VideoDone(model=self.runtime.name, frames=result.videos.shape[1], seeds=result.seeds)
+            done.stats.CopyFrom(mirrored(pb.Stats, result.stats))
+            yield pb.VideoEvent(done=done)
+
+        async for message in self._stream(request, context, pb.VideoEvent, answer, video=True):
+            yield message
 
     def _model_info(self) -> pb.ModelInfo:
         info = self.runtime.describe()
