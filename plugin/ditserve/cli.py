@@ -1,6 +1,7 @@
-"""The `ditserve` command: generate images, list strategies, serve a model.
+"""The `ditserve` command: generate images (or videos), list strategies, serve a model.
 
 ditserve generate --prompt seven -o seven.png
+ditserve generate --config builtin:digits-video --prompt "a seven moving left" -o seven.webp
 ditserve strategies
 ditserve tune --config model.yaml --target-psnr 35 --steps 20,28,50 --out tuned.yaml
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 DEFAULT_CONFIG = "builtin:digits-dit"
 REQUEST_OPTIONS = (
-    "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "lora", "lora_scale"
+    "prompt", "class_label", "steps", "guidance_scale", "seed", "num_images", "height", "width", "num_frames", "lora",
+    "lora_scale",
 )  # fmt: skip
 """`generate`'s options that are the request fields of the same name."""
 
@@ -26,6 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ditserve.images import to_pil
     from ditserve.parallel.executor import open_executor
     from ditserve.request import GenerationRequest
+    from ditserve.serving.video_files import MIME_TYPES
 
     engine = open_executor(load_config(args.config))  # a multi-process plan spawns its ranks
     request = GenerationRequest(
@@ -43,13 +46,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         finally:
             engine.close()
     out = Path(args.output)
+    if result.videos is not None and out.suffix[1:] not in MIME_TYPES:
+        out = out.with_suffix(".webp")  # the default out.png names an image
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(result.seeds) == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in result.seeds]
-    for image, path in zip(to_pil(result.images, args.upscale), paths, strict=True):
-        image.save(path)
+    if result.videos is None:
+        for image, path in zip(to_pil(result.images, args.upscale), paths, strict=True):
+            image.save(path)
+    else:
+        write_videos(result.videos, paths, args.upscale)
     stats = result.stats
     summary = {
-        "images": [str(p) for p in paths],
+        "videos" if result.videos is not None else "images": [str(p) for p in paths],
         "seeds": result.seeds,
         "steps": stats.steps,
         "model_evaluations": stats.model_evaluations,
@@ -59,6 +67,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def write_videos(videos, paths: list[Path], upscale: int) -> None:
+    """Each video (frames, C, H, W) in [0, 1] as the file its path's suffix names (mp4, webp or gif), 8 fps."""
+    from ditserve.serving.video_files import encode
+
+    for video, path in zip(videos, paths, strict=True):
+        if upscale > 1:
+            video = video.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+        path.write_bytes(encode(video, path.suffix[1:], fps=8, max_bytes=2**40))
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
@@ -188,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ditserve", description="Serve diffusion transformers fast.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate images and write PNGs")
+    gen = sub.add_parser("generate", help="generate images (PNGs) or, for a video model, videos (WebP, GIF, MP4)")
     gen.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML or builtin:<name>")
     target = gen.add_mutually_exclusive_group(required=True)
     target.add_argument("--prompt", help='text, or a class name for class-conditional models ("seven", "7")')
@@ -199,11 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
+    gen.add_argument("--num-frames", type=int, help="frames per video (video models; default: the model's)")
     gen.add_argument("--sampler", help="override the plan's sampler by name")
     gen.add_argument("--lora", help="a LoRA adapter of the model by name (its directory's loras/<name>/)")
     gen.add_argument("--lora-scale", type=float, help="how strongly the adapter applies, 0-2 (default 1)")
     gen.add_argument("--upscale", type=int, default=1, help="enlarge the PNG by pixel repetition")
-    gen.add_argument("-o", "--output", default="out.png", help="PNG path; several images get -<seed> suffixes")
+    gen.add_argument(
+        "-o",
+        "--output",
+        default="out.png",
+        help="PNG path (a video: .webp, .gif or .mp4); several get -<seed> suffixes",
+    )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
 

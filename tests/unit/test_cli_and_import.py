@@ -49,6 +49,18 @@ def test_generate_writes_pngs_and_reports_stats(tmp_path, tiny_dit_dir):
     assert "3/3" in out.stderr  # the progress bar reached the last step
 
 
+def test_generate_writes_a_video_models_videos_as_files(tmp_path):
+    out = run(
+        "-m", "ditserve.cli", "generate", "--config", "builtin:digits-video", "--prompt", "a seven moving left",
+        "--steps", "2", "--seed", "1", "--num-frames", "4", "--upscale", "2", "-q", "-o", str(tmp_path / "v.png"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (path,) = json.loads(out.stdout)["videos"]
+    assert path == str(tmp_path / "v.webp")  # an image's suffix becomes the video format's
+    with Image.open(path) as video:
+        assert video.n_frames == 4 and video.size == (32, 32)
+
+
 def test_generate_refuses_bad_input_with_a_message_and_status_2(tmp_path):
     out = run("-m", "ditserve.cli", "generate", "--prompt", "giraffe", "-o", str(tmp_path / "x.png"))
     assert out.returncode == 2
