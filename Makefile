@@ -71,13 +71,17 @@ bench: setup  ## the measurements behind benchmarks/results/
 	$(BIN)/python benchmarks/quantization.py
 	$(BIN)/python benchmarks/serving.py
 
-train: setup  ## retrain the embedded models (about two hours on 2 cores)
+train: setup  ## retrain the embedded models (about four hours on 2 cores)
 	$(BIN)/python -m ditserve.quality.classifier
 	$(BIN)/python -m ditserve.models.digits.train
 	$(BIN)/python -m ditserve.models.digits.train_lora  # digits-dit's "bold" adapter, on the weights just trained
 	$(BIN)/python -m ditserve.models.digits.train_flow
 	$(BIN)/python -m ditserve.models.digits.train_unet
 	$(BIN)/python -m ditserve.models.digits.train_scenes
+	$(BIN)/python -m ditserve.models.digits.train_video
+	$(BIN)/python -m ditserve.models.digits.train_video_i2v  # digits-video-i2v, from the digits-video just trained
+	for cache in teacache magcache smoothcache block-caching; do \
+		$(BIN)/python -m ditserve.caching.calibration --config builtin:digits-video --cache $$cache; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
