@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from records import portable
 
 from ditserve.images import grid
 from ditserve.models.digits.moving import CANVAS, FRAMES, MOTIONS, clips, native_digits
@@ -121,7 +122,7 @@ def main() -> None:
         ]
     )
     (RESULTS / f"{args.out}.md").write_text(markdown)
-    record = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
+    record = {"args": portable(vars(args)), "seconds": seconds,
               "generated": asdict(generated), "real": asdict(real)}  # fmt: skip
     (RESULTS / f"{args.out}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(markdown)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from quality_baseline_video import GRID_ROWS, RESULTS, row
+from records import portable
 
 from ditserve.images import grid
 from ditserve.models.digits.moving import CANVAS, FRAMES, clips, native_digits
@@ -113,7 +114,7 @@ def main() -> None:
         ]
     )
     (RESULTS / f"{args.out}.md").write_text(markdown)
-    record = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds, "first_frame_psnr": fidelity,
+    record = {"args": portable(vars(args)), "seconds": seconds, "first_frame_psnr": fidelity,
               "generated": asdict(generated), "real": asdict(ceiling)}  # fmt: skip
     (RESULTS / f"{args.out}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(markdown)

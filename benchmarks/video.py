@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from caching import engine_with
 from caching_fronts import front
+from records import portable
 
 from ditserve.caching.knobs import KNOBS, knob_value, stepped
 from ditserve.config import ResumeLevel, load_config
@@ -556,8 +557,8 @@ def main() -> None:
     (RESULTS / f"{args.out}.json").write_text(
         json.dumps(
             {
-                "args": vars(args),
-                "rows": [asdict(r) for r in rows],
+                "args": portable(vars(args)),
+                "rows": [portable(asdict(r)) for r in rows],
                 "checks": checks,
                 "flexcache": flex,
                 "goals": goals,

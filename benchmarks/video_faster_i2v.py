@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from flops import counting
 from quality_baseline_video import RESULTS
 from quality_baseline_video_i2v import first_frame_psnr, held_out_workload, initial_noise
+from records import portable
 
 from ditserve.models.digits.moving import FRAMES, native_digits
 from ditserve.models.digits.video_i2v import MODEL_DIR, FirstFrameAttnProcessor, generate, load
@@ -179,7 +180,7 @@ def main() -> None:
     attention_faster, flops_faster = counted(pipe, config, workload, steps, guidance)
     ratios = timed_pairs(pipe, config, workload, steps, guidance, args.repeats)
     record = {
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": portable(vars(args)),
         "sigmas": sigmas,
         "image_share": shares,
         "sweep": sweep,

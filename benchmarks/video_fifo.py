@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from cpu_load import other_cpu_use
 from quality_baseline_video import MODEL_DIR, generate
+from records import portable
 
 from ditserve.images import grid
 from ditserve.models.digits.moving import FRAMES, native_digits
@@ -225,7 +226,7 @@ def report(args, argv, config: FifoConfig, rows: list[Row], other_load: float) -
     ]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines))
     record = {
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": portable(vars(args)),
         "goal": goal,
         "passed": passed,
         "rows": [

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from cpu_load import other_cpu_use
 from quality_baseline_video import MODEL_DIR, generate
+from records import portable
 
 from ditserve.models.digits.moving import CANVAS, FRAMES, digit_crops, native_digits
 from ditserve.models.digits.video_prompts import example_clips, example_prompts
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.md").write_text(markdown)
     record = {
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": portable(vars(args)),
         "exact": exact,
         "quality": {str(k): asdict(v) for k, v in quality.items()},
         "frame_accuracy_by_video": {str(k): v.tolist() for k, v in by_video.items()},
